@@ -5,5 +5,40 @@
 //! containers with real Linux isolation. Every request passes one gate before its handler.
 //!
 //! Module map:
+//! - [`service`]: the ttrpc services, generated from the single endpoint list in
+//!   `endpoints.rs`; every method passes [`gate::Gate::check`] first;
+//! - [`agent`]: state (sandbox, containers, processes, streams) and the handlers;
 //! - [`runner`]: the single-threaded per-container helper process that owns youki's
-//!   `libcontainer` calls and the waits of the container's processes.
+//!   `libcontainer` calls and the waits of the container's processes;
+//! - [`spec`]: what the agent enforces on a host-supplied OCI spec;
+//! - [`copy_file`]: `CopyFile` confined to the shared directory;
+//! - [`init`]: PID 1 duties (kernel filesystems, modules, reaping orphans).
+//!
+//! # Example: serve on a unix socket
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use guest_agent::agent::{Agent, AgentConfig};
+//! let agent = Arc::new(Agent::new(AgentConfig {
+//!     shared_dir: "/run/kata-containers/shared/containers".into(),
+//!     state_dir: "/run/kata-cc".into(),
+//!     cgroup_parent: "/kata-cc".into(),
+//!     helper_exe: std::env::current_exe()?,
+//!     init_mode: false,
+//! }));
+//! guest_agent::server::serve("unix:///tmp/agent.sock", agent, guest_agent::gate::Gate::allow_all(), false).await
+//! # }
+//! ```
+
+pub mod agent;
+pub mod copy_file;
+mod endpoints;
+pub mod error;
+pub mod gate;
+pub mod init;
+pub mod runner;
+pub mod server;
+pub mod service;
+pub mod spec;
+pub mod stats;
+pub mod stream;

@@ -1,0 +1,608 @@
+//! The agent's state (sandbox, containers, processes and their streams) and the
+//! handlers of the RPCs it implements. Handlers return [`AgentError`]; the ttrpc
+//! service in [`crate::service`] converts at one boundary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use protocols::agent as pb;
+use protocols::empty::Empty;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::copy_file::{copy_file, CopyFileArgs};
+use crate::error::AgentError;
+use crate::runner::{ProcessIo, Runner, RunnerConfig};
+use crate::stream::FdStream;
+
+/// Where the agent keeps things and how it behaves.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Root below which container rootfs and CopyFile destinations must lie
+    /// (Kata: `/run/kata-containers/shared/containers`).
+    pub shared_dir: PathBuf,
+    /// The agent's own state: bundles and the runners' libcontainer state.
+    pub state_dir: PathBuf,
+    /// cgroup path under which each container gets `<parent>/<container id>`.
+    pub cgroup_parent: String,
+    /// The executable re-run as a container runner (`/proc/self/exe`).
+    pub helper_exe: PathBuf,
+    /// True when the agent is PID 1 of the VM (may set hostname, clock, DNS).
+    pub init_mode: bool,
+}
+
+/// Largest chunk returned by one ReadStdout/ReadStderr.
+const MAX_READ: usize = 1 << 20;
+/// Largest id accepted for containers and processes.
+const MAX_ID_LEN: usize = 128;
+
+/// One process of a container (its init or an exec) and the agent's ends of its stdio.
+#[derive(Debug)]
+struct Process {
+    pid: i32,
+    stdin: Mutex<Option<Arc<FdStream>>>,
+    stdout: Option<Arc<FdStream>>,
+    stderr: Option<Arc<FdStream>>,
+    /// Set for `terminal: true`: the pty master carries stdin and stdout.
+    tty: Option<Arc<FdStream>>,
+    /// Serialises reads per stream so chunks come back in order.
+    read_out: Mutex<()>,
+    read_err: Mutex<()>,
+    /// Set once a read returned end of stream / WaitProcess returned: an exec whose
+    /// outputs are drained and whose status was collected is forgotten.
+    out_eof: AtomicBool,
+    err_eof: AtomicBool,
+    waited: AtomicBool,
+}
+
+impl Process {
+    fn new(pid: i32, io: ProcessIo) -> Result<Self, AgentError> {
+        let wrap = |fd: Option<std::os::fd::OwnedFd>| -> Result<Option<Arc<FdStream>>, AgentError> {
+            fd.map(|f| FdStream::new(f).map(Arc::new)).transpose().map_err(AgentError::io("set up process stdio"))
+        };
+        Ok(Self {
+            pid,
+            stdin: Mutex::new(wrap(io.stdin)?),
+            stdout: wrap(io.stdout)?,
+            stderr: wrap(io.stderr)?,
+            tty: wrap(io.pty_master)?,
+            read_out: Mutex::new(()),
+            read_err: Mutex::new(()),
+            out_eof: AtomicBool::new(false),
+            err_eof: AtomicBool::new(false),
+            waited: AtomicBool::new(false),
+        })
+    }
+
+    /// Waited for, and every output stream read to its end.
+    fn finished(&self) -> bool {
+        let out_done = (self.stdout.is_none() && self.tty.is_none()) || self.out_eof.load(Ordering::Acquire);
+        let err_done = self.stderr.is_none() || self.err_eof.load(Ordering::Acquire);
+        self.waited.load(Ordering::Acquire) && out_done && err_done
+    }
+}
+
+#[derive(Debug)]
+struct Container {
+    id: String,
+    runner: Runner,
+    bundle: PathBuf,
+    init_exec_id: String,
+    processes: std::sync::Mutex<HashMap<String, Arc<Process>>>,
+}
+
+impl Container {
+    /// Drops an exec process the host is done with (the init stays until removal), so
+    /// repeated execs (e.g. probes) do not accumulate.
+    fn forget_if_finished(&self, exec_id: &str, p: &Process) {
+        if exec_id.is_empty() || exec_id == self.init_exec_id || !p.finished() {
+            return;
+        }
+        if let Ok(mut procs) = self.processes.lock() {
+            procs.remove(exec_id);
+        }
+    }
+
+    /// Finds a process: an empty exec id, or the init's exec id, means the init.
+    fn process(&self, exec_id: &str) -> Result<(Option<String>, Arc<Process>), AgentError> {
+        let key = if exec_id.is_empty() { self.init_exec_id.as_str() } else { exec_id };
+        let procs = self.processes.lock().map_err(|_| AgentError::FailedPrecondition("process table poisoned".into()))?;
+        let p = procs.get(key).cloned().ok_or_else(|| AgentError::NotFound {
+            what: "process",
+            id: format!("{}/{}", self.id, exec_id),
+        })?;
+        let runner_id = (key != self.init_exec_id).then(|| key.to_string());
+        Ok((runner_id, p))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Sandbox {
+    id: Option<String>,
+    hostname: Option<String>,
+    containers: HashMap<String, Arc<Container>>,
+    /// Ids reserved by a CreateContainer in progress.
+    creating: std::collections::HashSet<String>,
+}
+
+/// The guest agent.
+#[derive(Debug)]
+pub struct Agent {
+    cfg: AgentConfig,
+    runner_cfg: RunnerConfig,
+    sandbox: Mutex<Sandbox>,
+    oom_tx: mpsc::UnboundedSender<String>,
+    oom_rx: Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+/// Checks a container or exec id: 1..=128 characters of `[A-Za-z0-9_.-]`, not starting
+/// with `.` or `-` (ids become path components and cgroup names).
+pub fn validate_id(field: &'static str, id: &str) -> Result<(), AgentError> {
+    if id.is_empty() {
+        return Err(AgentError::invalid(field, "empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(AgentError::invalid(field, format!("longer than {MAX_ID_LEN} characters")));
+    }
+    if id.starts_with(['.', '-']) || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        return Err(AgentError::invalid(field, format!("{id:?} must match [A-Za-z0-9_.-]+ and not start with '.' or '-'")));
+    }
+    Ok(())
+}
+
+impl Agent {
+    /// A new agent with no sandbox and no containers.
+    pub fn new(cfg: AgentConfig) -> Self {
+        let (oom_tx, oom_rx) = mpsc::unbounded_channel();
+        let runner_cfg = RunnerConfig { helper_exe: cfg.helper_exe.clone(), state_root: cfg.state_dir.join("runners") };
+        Self { cfg, runner_cfg, sandbox: Mutex::new(Sandbox::default()), oom_tx, oom_rx: Mutex::new(oom_rx) }
+    }
+
+    async fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
+        self.sandbox
+            .lock()
+            .await
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound { what: "container", id: id.to_string() })
+    }
+
+    // ---- sandbox -------------------------------------------------------------------
+
+    /// CreateSandbox: records the sandbox; as PID 1 also sets the hostname and DNS.
+    pub async fn create_sandbox(&self, req: pb::CreateSandboxRequest) -> Result<Empty, AgentError> {
+        if !req.kernel_modules.is_empty() {
+            return Err(AgentError::invalid("kernel_modules", "loading kernel modules on request is not supported"));
+        }
+        if !req.storages.is_empty() {
+            return Err(AgentError::invalid("storages", "sandbox storages are not supported yet"));
+        }
+        if !req.guest_hook_path.is_empty() {
+            return Err(AgentError::invalid("guest_hook_path", "guest hooks are not supported"));
+        }
+        let mut sb = self.sandbox.lock().await;
+        if let Some(id) = &sb.id {
+            return Err(AgentError::AlreadyExists { what: "sandbox", id: id.clone() });
+        }
+        if !req.hostname.is_empty() {
+            if req.hostname.len() > 64 || req.hostname.contains(['/', '\0']) {
+                return Err(AgentError::invalid("hostname", format!("{:?} is not a valid hostname", req.hostname)));
+            }
+            if self.cfg.init_mode {
+                nix::unistd::sethostname(&req.hostname).map_err(|e| AgentError::io("set hostname")(e.into()))?;
+            }
+        }
+        if self.cfg.init_mode && !req.dns.is_empty() {
+            let body: String = req.dns.iter().map(|l| format!("{l}\n")).collect();
+            std::fs::write("/etc/resolv.conf", body).map_err(AgentError::io("write /etc/resolv.conf"))?;
+        }
+        sb.id = Some(if req.sandbox_id.is_empty() { "sandbox".into() } else { req.sandbox_id.clone() });
+        sb.hostname = (!req.hostname.is_empty()).then(|| req.hostname.clone());
+        Ok(Empty::new())
+    }
+
+    /// DestroySandbox: destroys every container and forgets the sandbox.
+    pub async fn destroy_sandbox(&self, _req: pb::DestroySandboxRequest) -> Result<Empty, AgentError> {
+        let containers: Vec<Arc<Container>> = {
+            let mut sb = self.sandbox.lock().await;
+            sb.id = None;
+            sb.hostname = None;
+            sb.containers.drain().map(|(_, c)| c).collect()
+        };
+        let mut first_err = None;
+        for c in containers {
+            if let Err(e) = Self::teardown(&c).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(Empty::new()), Err)
+    }
+
+    /// Destroys every container (on agent shutdown).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.destroy_sandbox(pb::DestroySandboxRequest::new()).await {
+            tracing::warn!("shutdown: {}", crate::error::chain(&e));
+        }
+    }
+
+    // ---- containers ----------------------------------------------------------------
+
+    /// CreateContainer: validates and adjusts the spec, then creates the container
+    /// (not started). On any failure nothing of it remains.
+    pub async fn create_container(&self, req: pb::CreateContainerRequest) -> Result<Empty, AgentError> {
+        let cid = req.container_id.clone();
+        validate_id("container_id", &cid)?;
+        let exec_id = if req.exec_id.is_empty() { cid.clone() } else { req.exec_id.clone() };
+        validate_id("exec_id", &exec_id)?;
+        if !req.storages.is_empty() {
+            return Err(AgentError::invalid("storages", "no storage driver is supported yet"));
+        }
+        if !req.devices.is_empty() {
+            return Err(AgentError::invalid("devices", "device hot-plug is not supported yet"));
+        }
+        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
+            return Err(AgentError::invalid("stdin_port", "passfd I/O is not supported; use ReadStdout/WriteStdin"));
+        }
+        let grpc_spec = req.OCI.as_ref().ok_or_else(|| AgentError::invalid("OCI", "missing"))?;
+        let spec = protocols::convert::spec_from_grpc(grpc_spec)?;
+
+        {
+            let mut sb = self.sandbox.lock().await;
+            if sb.containers.contains_key(&cid) || !sb.creating.insert(cid.clone()) {
+                return Err(AgentError::AlreadyExists { what: "container", id: cid });
+            }
+        }
+        let result = self.create_reserved(&cid, &exec_id, spec).await;
+        let mut sb = self.sandbox.lock().await;
+        sb.creating.remove(&cid);
+        let container = result?;
+        sb.containers.insert(cid, container);
+        Ok(Empty::new())
+    }
+
+    async fn create_reserved(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        mut spec: oci_spec::runtime::Spec,
+    ) -> Result<Arc<Container>, AgentError> {
+        let hostname = self.sandbox.lock().await.hostname.clone();
+        crate::spec::adjust(&mut spec, &crate::spec::Adjust {
+            container_id: cid,
+            shared_dir: &self.cfg.shared_dir,
+            cgroup_parent: &self.cfg.cgroup_parent,
+            hostname: hostname.as_deref(),
+        })?;
+        let bundle = self.cfg.state_dir.join("bundles").join(cid);
+        let cleanup_bundle = |b: &Path| {
+            let _ = std::fs::remove_dir_all(b);
+        };
+        std::fs::create_dir_all(&bundle).map_err(AgentError::io(format!("create bundle {}", bundle.display())))?;
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| AgentError::invalid("OCI", e.to_string()))?;
+        if let Err(e) = std::fs::write(bundle.join("config.json"), json) {
+            cleanup_bundle(&bundle);
+            return Err(AgentError::io("write config.json")(e));
+        }
+        let (runner, io, pid) = match Runner::create(&self.runner_cfg, cid, &bundle).await {
+            Ok(v) => v,
+            Err(e) => {
+                cleanup_bundle(&bundle);
+                return Err(e.into());
+            }
+        };
+        let init = match Process::new(pid, io) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = runner.destroy().await;
+                cleanup_bundle(&bundle);
+                return Err(e);
+            }
+        };
+        let container = Arc::new(Container {
+            id: cid.to_string(),
+            runner,
+            bundle,
+            init_exec_id: exec_id.to_string(),
+            processes: std::sync::Mutex::new(HashMap::from([(exec_id.to_string(), Arc::new(init))])),
+        });
+        self.watch_oom(&container);
+        Ok(container)
+    }
+
+    /// Forwards the container's OOM kills to GetOOMEvent until the runner goes away.
+    fn watch_oom(&self, c: &Arc<Container>) {
+        let c = Arc::clone(c);
+        let tx = self.oom_tx.clone();
+        tokio::spawn(async move {
+            while c.runner.oom_event().await.is_ok() {
+                if tx.send(c.id.clone()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// StartContainer: runs the container's process.
+    pub async fn start_container(&self, req: pb::StartContainerRequest) -> Result<Empty, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        c.runner.start().await?;
+        Ok(Empty::new())
+    }
+
+    /// RemoveContainer: kills every process of the container, waits for them and frees
+    /// everything of it (processes, cgroups, state, bundle). With a non-zero `timeout`
+    /// (seconds) it fails if that takes longer; the teardown still completes.
+    pub async fn remove_container(&self, req: pb::RemoveContainerRequest) -> Result<Empty, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        self.sandbox.lock().await.containers.remove(&req.container_id);
+        let agent_teardown = {
+            let c = Arc::clone(&c);
+            async move { Self::teardown(&c).await }
+        };
+        if req.timeout == 0 {
+            agent_teardown.await?;
+            return Ok(Empty::new());
+        }
+        let task = tokio::spawn(agent_teardown);
+        match tokio::time::timeout(std::time::Duration::from_secs(u64::from(req.timeout)), task).await {
+            Ok(Ok(r)) => r.map(|()| Empty::new()),
+            Ok(Err(join)) => Err(AgentError::io("remove container")(std::io::Error::other(join))),
+            Err(_) => Err(AgentError::FailedPrecondition(format!(
+                "container {:?} not removed within {} s (teardown continues)",
+                req.container_id, req.timeout
+            ))),
+        }
+    }
+
+    async fn teardown(c: &Container) -> Result<(), AgentError> {
+        let r = c.runner.destroy().await;
+        if let Ok(mut p) = c.processes.lock() {
+            p.clear();
+        }
+        let _ = std::fs::remove_dir_all(&c.bundle);
+        r.map_err(Into::into)
+    }
+
+    /// ExecProcess: starts another process in a running container.
+    pub async fn exec_process(&self, req: pb::ExecProcessRequest) -> Result<Empty, AgentError> {
+        validate_id("exec_id", &req.exec_id)?;
+        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
+            return Err(AgentError::invalid("stdin_port", "passfd I/O is not supported; use ReadStdout/WriteStdin"));
+        }
+        let c = self.container(&req.container_id).await?;
+        let grpc = req.process.as_ref().ok_or_else(|| AgentError::invalid("process", "missing"))?;
+        let process = protocols::convert::process_from_grpc(grpc)?;
+        crate::spec::check_process(&process)?;
+        {
+            let mut procs = c.processes.lock().map_err(|_| AgentError::FailedPrecondition("process table poisoned".into()))?;
+            if procs.contains_key(&req.exec_id) {
+                return Err(AgentError::AlreadyExists { what: "process", id: format!("{}/{}", c.id, req.exec_id) });
+            }
+            // Reserve the id while the exec runs; replaced below.
+            procs.insert(req.exec_id.clone(), Arc::new(Process::new(0, ProcessIo::default())?));
+        }
+        let result = async {
+            let (io, pid) = c.runner.exec(&req.exec_id, &process).await?;
+            Process::new(pid, io)
+        }
+        .await;
+        let mut procs = c.processes.lock().map_err(|_| AgentError::FailedPrecondition("process table poisoned".into()))?;
+        match result {
+            Ok(p) => {
+                procs.insert(req.exec_id.clone(), Arc::new(p));
+                Ok(Empty::new())
+            }
+            Err(e) => {
+                procs.remove(&req.exec_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// SignalProcess: sends a signal to the init (empty exec id) or an exec.
+    pub async fn signal_process(&self, req: pb::SignalProcessRequest) -> Result<Empty, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        let (runner_id, _) = c.process(&req.exec_id)?;
+        let signal = i32::try_from(req.signal)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or_else(|| AgentError::invalid("signal", format!("{} is not a signal number", req.signal)))?;
+        c.runner.signal(runner_id.as_deref(), signal, false).await?;
+        Ok(Empty::new())
+    }
+
+    /// WaitProcess: blocks until the process exits and returns its status
+    /// (exit code, or 128 + signal).
+    pub async fn wait_process(&self, req: pb::WaitProcessRequest) -> Result<pb::WaitProcessResponse, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        let (runner_id, p) = c.process(&req.exec_id)?;
+        let status = c.runner.wait(runner_id.as_deref()).await?;
+        tracing::debug!(container = %c.id, exec = %req.exec_id, pid = p.pid, status, "process exited");
+        p.waited.store(true, Ordering::Release);
+        c.forget_if_finished(&req.exec_id, &p);
+        let mut resp = pb::WaitProcessResponse::new();
+        resp.status = status;
+        Ok(resp)
+    }
+
+    /// UpdateContainer: applies new cgroup resources.
+    pub async fn update_container(&self, req: pb::UpdateContainerRequest) -> Result<Empty, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        let res = req.resources.as_ref().ok_or_else(|| AgentError::invalid("resources", "missing"))?;
+        let res = protocols::convert::resources_from_grpc(res)?;
+        c.runner.update(&res).await?;
+        Ok(Empty::new())
+    }
+
+    /// StatsContainer: cgroup statistics and the VM's network counters.
+    pub async fn stats_container(&self, req: pb::StatsContainerRequest) -> Result<pb::StatsContainerResponse, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        let stats = c.runner.stats().await?;
+        let mut resp = pb::StatsContainerResponse::new();
+        resp.cgroup_stats = protobuf::MessageField::some(crate::stats::cgroup_stats_to_grpc(&stats));
+        resp.network_stats = crate::stats::network_stats();
+        Ok(resp)
+    }
+
+    /// PauseContainer: freezes every process of the container.
+    pub async fn pause_container(&self, req: pb::PauseContainerRequest) -> Result<Empty, AgentError> {
+        self.container(&req.container_id).await?.runner.pause().await?;
+        Ok(Empty::new())
+    }
+
+    /// ResumeContainer: thaws the container.
+    pub async fn resume_container(&self, req: pb::ResumeContainerRequest) -> Result<Empty, AgentError> {
+        self.container(&req.container_id).await?.runner.resume().await?;
+        Ok(Empty::new())
+    }
+
+    // ---- streams -------------------------------------------------------------------
+
+    /// WriteStdin: writes to the process's stdin (or its pty).
+    pub async fn write_stdin(&self, req: pb::WriteStreamRequest) -> Result<pb::WriteStreamResponse, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        let (_, p) = c.process(&req.exec_id)?;
+        let len = u32::try_from(req.data.len()).map_err(|_| AgentError::invalid("data", "longer than 4 GiB"))?;
+        let sink = match &p.tty {
+            Some(t) => Arc::clone(t),
+            None => p.stdin.lock().await.clone().ok_or_else(|| {
+                AgentError::FailedPrecondition(format!("stdin of {}/{} is closed or was not opened", c.id, req.exec_id))
+            })?,
+        };
+        sink.write_all(&req.data).await.map_err(AgentError::io("write stdin"))?;
+        let mut resp = pb::WriteStreamResponse::new();
+        resp.len = len;
+        Ok(resp)
+    }
+
+    /// ReadStdout: up to `len` bytes of stdout (or the pty); empty data means end of stream.
+    pub async fn read_stdout(&self, req: pb::ReadStreamRequest) -> Result<pb::ReadStreamResponse, AgentError> {
+        self.read_stream(req, true).await
+    }
+
+    /// ReadStderr: up to `len` bytes of stderr; empty data means end of stream (always
+    /// empty for a process with a terminal).
+    pub async fn read_stderr(&self, req: pb::ReadStreamRequest) -> Result<pb::ReadStreamResponse, AgentError> {
+        self.read_stream(req, false).await
+    }
+
+    async fn read_stream(&self, req: pb::ReadStreamRequest, stdout: bool) -> Result<pb::ReadStreamResponse, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        let (_, p) = c.process(&req.exec_id)?;
+        let len = (req.len as usize).clamp(1, MAX_READ);
+        let (source, lock) = match (&p.tty, stdout) {
+            (Some(t), true) => (Some(t), &p.read_out),
+            (Some(_), false) => (None, &p.read_err),
+            (None, true) => (p.stdout.as_ref(), &p.read_out),
+            (None, false) => (p.stderr.as_ref(), &p.read_err),
+        };
+        let mut resp = pb::ReadStreamResponse::new();
+        if let Some(s) = source {
+            let _order = lock.lock().await;
+            resp.data = s.read_some(len).await.map_err(AgentError::io("read process output"))?;
+        }
+        if resp.data.is_empty() {
+            let flag = if stdout { &p.out_eof } else { &p.err_eof };
+            flag.store(true, Ordering::Release);
+            c.forget_if_finished(&req.exec_id, &p);
+        }
+        Ok(resp)
+    }
+
+    /// CloseStdin: closes the process's stdin (sends end-of-file on a pty).
+    pub async fn close_stdin(&self, req: pb::CloseStdinRequest) -> Result<Empty, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        let (_, p) = c.process(&req.exec_id)?;
+        if let Some(t) = &p.tty {
+            // VEOF (^D) at the start of a line ends the reader's input.
+            t.write_all(&[0x04]).await.map_err(AgentError::io("send EOF to the pty"))?;
+        }
+        p.stdin.lock().await.take();
+        Ok(Empty::new())
+    }
+
+    /// TtyWinResize: sets the window size of the process's pty.
+    pub async fn tty_win_resize(&self, req: pb::TtyWinResizeRequest) -> Result<Empty, AgentError> {
+        let c = self.container(&req.container_id).await?;
+        let (_, p) = c.process(&req.exec_id)?;
+        let t = p.tty.as_ref().ok_or_else(|| {
+            AgentError::FailedPrecondition(format!("process {}/{} has no terminal", c.id, req.exec_id))
+        })?;
+        let (row, col) = (u16::try_from(req.row), u16::try_from(req.column));
+        let (Ok(ws_row), Ok(ws_col)) = (row, col) else {
+            return Err(AgentError::invalid("row/column", "out of range (max 65535)"));
+        };
+        let ws = libc::winsize { ws_row, ws_col, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which is valid for the
+        // call; the fd is the pty master this process owns.
+        let rc = unsafe { libc::ioctl(t.raw_fd(), libc::TIOCSWINSZ, &ws) };
+        if rc != 0 {
+            return Err(AgentError::io("resize the pty")(std::io::Error::last_os_error()));
+        }
+        Ok(Empty::new())
+    }
+
+    // ---- guest ---------------------------------------------------------------------
+
+    /// GetOOMEvent: waits for the next OOM kill in any container.
+    pub async fn get_oom_event(&self, _req: pb::GetOOMEventRequest) -> Result<pb::OOMEvent, AgentError> {
+        let id = self.oom_rx.lock().await.recv().await.ok_or_else(|| AgentError::FailedPrecondition("agent shutting down".into()))?;
+        let mut ev = pb::OOMEvent::new();
+        ev.container_id = id;
+        Ok(ev)
+    }
+
+    /// GetGuestDetails: memory block size and what this agent supports.
+    pub async fn get_guest_details(&self, req: pb::GuestDetailsRequest) -> Result<pb::GuestDetailsResponse, AgentError> {
+        let mut resp = pb::GuestDetailsResponse::new();
+        if req.mem_block_size {
+            resp.mem_block_size_bytes = std::fs::read_to_string("/sys/devices/system/memory/block_size_bytes")
+                .ok()
+                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                .unwrap_or(0);
+        }
+        let mut details = pb::AgentDetails::new();
+        details.version = env!("CARGO_PKG_VERSION").to_string();
+        details.init_daemon = self.cfg.init_mode;
+        details.supports_seccomp = true;
+        resp.agent_details = protobuf::MessageField::some(details);
+        resp.support_mem_hotplug_probe = false;
+        Ok(resp)
+    }
+
+    /// SetGuestDateTime: sets the guest's wall clock.
+    pub async fn set_guest_date_time(&self, req: pb::SetGuestDateTimeRequest) -> Result<Empty, AgentError> {
+        if req.Sec < 0 || !(0..1_000_000).contains(&req.Usec) {
+            return Err(AgentError::invalid("Sec/Usec", format!("{}.{:06} is not a valid time", req.Sec, req.Usec)));
+        }
+        let tv = nix::sys::time::TimeVal::new(req.Sec, req.Usec);
+        nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, nix::sys::time::TimeSpec::from(libc::timespec {
+            tv_sec: tv.tv_sec(),
+            tv_nsec: tv.tv_usec() * 1000,
+        }))
+        .map_err(|e| AgentError::io("set the clock")(e.into()))?;
+        Ok(Empty::new())
+    }
+
+    /// CopyFile: writes a file below the shared directory.
+    pub async fn copy_file(&self, req: pb::CopyFileRequest) -> Result<Empty, AgentError> {
+        let root = self.cfg.shared_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            copy_file(&root, &CopyFileArgs {
+                path: &req.path,
+                file_size: req.file_size,
+                file_mode: req.file_mode,
+                dir_mode: req.dir_mode,
+                uid: req.uid,
+                gid: req.gid,
+                offset: req.offset,
+                data: &req.data,
+            })
+        })
+        .await
+        .map_err(|e| AgentError::io("copy_file task")(std::io::Error::other(e)))??;
+        Ok(Empty::new())
+    }
+}

@@ -1,0 +1,558 @@
+//! The real agent binary on a unix socket, driven over ttrpc with a busybox rootfs:
+//! lifecycle, exit codes, signals, stdio, tty, exec, stats, pause/resume, OOM, bad
+//! input, and that nothing of a container remains after RemoveContainer. Run as root.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
+use protocols::agent as pb;
+use protocols::protobuf::MessageField;
+use protocols::{context_with, AgentAddr, AgentClient, ConnectOptions};
+
+/// One agent process with its own directories and cgroup parent.
+struct TestAgent {
+    child: Child,
+    dir: tempfile::TempDir,
+    cgroup_parent: String,
+    client: AgentClient,
+}
+
+impl TestAgent {
+    async fn start() -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let cgroup_parent = format!("/kata-cc-test-{}-{}", std::process::id(), rand_suffix());
+        let child = Command::new(env!("CARGO_BIN_EXE_kata-cc-agent"))
+            .arg("--listen")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--shared-dir")
+            .arg(dir.path().join("shared"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--cgroup-parent")
+            .arg(&cgroup_parent)
+            .arg("--log")
+            .arg("warn")
+            .spawn()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+        let addr: AgentAddr = format!("unix://{}", sock.display()).parse().unwrap();
+        let client = AgentClient::wait_ready(&addr, ConnectOptions::default(), Instant::now() + Duration::from_secs(20))
+            .await
+            .expect("agent did not come up");
+        TestAgent { child, dir, cgroup_parent, client }
+    }
+
+    fn shared(&self) -> PathBuf {
+        self.dir.path().join("shared")
+    }
+
+    /// A busybox rootfs at `<shared>/<cid>/rootfs` and a spec running `args` in it.
+    fn spec(&self, cid: &str, args: &[&str]) -> Spec {
+        let rootfs = self.shared().join(cid).join("rootfs");
+        if !rootfs.join("bin/busybox").exists() {
+            common::busybox_rootfs(&rootfs);
+        }
+        let mut spec = Spec::default();
+        // Spec::default() names the host "youki"; let the sandbox decide.
+        spec.set_hostname(None);
+        let mut root = spec.root().clone().unwrap();
+        root.set_path(PathBuf::from("rootfs"));
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+        let mut process = spec.process().clone().unwrap();
+        process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+        process.set_terminal(Some(false));
+        spec.set_process(Some(process));
+        spec
+    }
+
+    async fn create(&self, cid: &str, spec: &Spec) -> ttrpc::Result<()> {
+        let mut r = pb::CreateContainerRequest::new();
+        r.container_id = cid.into();
+        r.exec_id = cid.into();
+        r.OCI = MessageField::some(protocols::convert::spec_to_grpc(spec));
+        self.client.agent().create_container(self.client.context(), &r).await.map(|_| ())
+    }
+
+    async fn start_container(&self, cid: &str) -> ttrpc::Result<()> {
+        let mut r = pb::StartContainerRequest::new();
+        r.container_id = cid.into();
+        self.client.agent().start_container(self.client.context(), &r).await.map(|_| ())
+    }
+
+    async fn run(&self, cid: &str, args: &[&str]) {
+        self.create(cid, &self.spec(cid, args)).await.unwrap();
+        self.start_container(cid).await.unwrap();
+    }
+
+    async fn wait(&self, cid: &str, exec_id: &str) -> ttrpc::Result<i32> {
+        let mut r = pb::WaitProcessRequest::new();
+        r.container_id = cid.into();
+        r.exec_id = exec_id.into();
+        self.client.agent().wait_process(context_with(Duration::from_secs(30)), &r).await.map(|w| w.status)
+    }
+
+    async fn read(&self, cid: &str, exec_id: &str, stdout: bool) -> ttrpc::Result<Vec<u8>> {
+        let mut r = pb::ReadStreamRequest::new();
+        r.container_id = cid.into();
+        r.exec_id = exec_id.into();
+        r.len = 4096;
+        let ctx = context_with(Duration::from_secs(30));
+        let a = self.client.agent();
+        if stdout { a.read_stdout(ctx, &r).await } else { a.read_stderr(ctx, &r).await }.map(|x| x.data)
+    }
+
+    /// Reads a stream to its end.
+    async fn read_all(&self, cid: &str, exec_id: &str, stdout: bool) -> String {
+        let mut all = Vec::new();
+        loop {
+            let chunk = self.read(cid, exec_id, stdout).await.unwrap();
+            if chunk.is_empty() {
+                return String::from_utf8_lossy(&all).into_owned();
+            }
+            all.extend(chunk);
+        }
+    }
+
+    async fn write_stdin(&self, cid: &str, exec_id: &str, data: &[u8]) -> ttrpc::Result<u32> {
+        let mut r = pb::WriteStreamRequest::new();
+        r.container_id = cid.into();
+        r.exec_id = exec_id.into();
+        r.data = data.to_vec();
+        self.client.agent().write_stdin(self.client.context(), &r).await.map(|w| w.len)
+    }
+
+    async fn close_stdin(&self, cid: &str, exec_id: &str) {
+        let mut r = pb::CloseStdinRequest::new();
+        r.container_id = cid.into();
+        r.exec_id = exec_id.into();
+        self.client.agent().close_stdin(self.client.context(), &r).await.unwrap();
+    }
+
+    async fn signal(&self, cid: &str, exec_id: &str, sig: u32) -> ttrpc::Result<()> {
+        let mut r = pb::SignalProcessRequest::new();
+        r.container_id = cid.into();
+        r.exec_id = exec_id.into();
+        r.signal = sig;
+        self.client.agent().signal_process(self.client.context(), &r).await.map(|_| ())
+    }
+
+    async fn exec(&self, cid: &str, exec_id: &str, args: &[&str], tty: bool) -> ttrpc::Result<()> {
+        let mut p = protocols::oci::Process::new();
+        p.Args = args.iter().map(|s| s.to_string()).collect();
+        p.Env = vec!["PATH=/bin".into()];
+        p.Cwd = "/".into();
+        p.Terminal = tty;
+        p.User = MessageField::some(protocols::oci::User::new());
+        let mut r = pb::ExecProcessRequest::new();
+        r.container_id = cid.into();
+        r.exec_id = exec_id.into();
+        r.process = MessageField::some(p);
+        self.client.agent().exec_process(self.client.context(), &r).await.map(|_| ())
+    }
+
+    async fn remove(&self, cid: &str) -> ttrpc::Result<()> {
+        let mut r = pb::RemoveContainerRequest::new();
+        r.container_id = cid.into();
+        self.client.agent().remove_container(self.client.context(), &r).await.map(|_| ())
+    }
+
+    /// Every cgroup directory of the container on any v1 controller or v2.
+    fn cgroup_dirs(&self, cid: &str) -> Vec<PathBuf> {
+        let rel = format!("{}/{cid}", self.cgroup_parent.trim_start_matches('/'));
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let p = entry.path().join(&rel);
+            if p.exists() {
+                found.push(p);
+            }
+        }
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() && Path::new("/sys/fs/cgroup").join(&rel).exists() {
+            found.push(Path::new("/sys/fs/cgroup").join(&rel));
+        }
+        found
+    }
+
+    fn mounts_under(&self, cid: &str) -> Vec<String> {
+        let root = self.shared().join(cid).canonicalize().unwrap();
+        let root = root.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split_whitespace().nth(4).is_some_and(|m| m.starts_with(&root)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        // SIGTERM: the agent destroys its containers before exiting.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    h.finish() as u32
+}
+
+fn code(e: &ttrpc::Error) -> ttrpc::Code {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.code(),
+        other => panic!("not an RPC status: {other:?}"),
+    }
+}
+
+fn message(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_exit_code_and_output() {
+    let t = TestAgent::start().await;
+    t.run("c1", &["sh", "-c", "echo out; echo err >&2; exit 3"]).await;
+    let (out, err) = tokio::join!(t.read_all("c1", "", true), t.read_all("c1", "", false));
+    assert_eq!(out, "out\n");
+    assert_eq!(err, "err\n");
+    assert_eq!(t.wait("c1", "").await.unwrap(), 3);
+    // The init's exec id works as well as the empty one.
+    assert_eq!(t.wait("c1", "c1").await.unwrap(), 3);
+    t.remove("c1").await.unwrap();
+    assert!(t.cgroup_dirs("c1").is_empty());
+}
+
+#[tokio::test]
+async fn stdin_is_relayed_and_closed() {
+    let t = TestAgent::start().await;
+    t.run("cat", &["cat"]).await;
+    assert_eq!(t.write_stdin("cat", "", b"hello\n").await.unwrap(), 6);
+    t.close_stdin("cat", "").await;
+    assert_eq!(t.read_all("cat", "", true).await, "hello\n");
+    assert_eq!(t.wait("cat", "").await.unwrap(), 0);
+    // Stdin is gone now.
+    let e = t.write_stdin("cat", "", b"x").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{}", message(&e));
+}
+
+#[tokio::test]
+async fn signals_reach_the_process() {
+    let t = TestAgent::start().await;
+    t.run("trap", &["sh", "-c", "trap 'exit 7' TERM; echo ready; while true; do sleep 0.05; done"]).await;
+    assert_eq!(t.read("trap", "", true).await.unwrap(), b"ready\n");
+    t.signal("trap", "", 15).await.unwrap();
+    assert_eq!(t.wait("trap", "", ).await.unwrap(), 7);
+
+    t.run("kill", &["sleep", "1000"]).await;
+    t.signal("kill", "", 9).await.unwrap();
+    assert_eq!(t.wait("kill", "").await.unwrap(), 128 + 9);
+    let e = t.signal("kill", "", 0).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+}
+
+#[tokio::test]
+async fn exec_into_running_container() {
+    let t = TestAgent::start().await;
+    t.run("svc", &["sleep", "1000"]).await;
+    t.exec("svc", "e1", &["sh", "-c", "echo from-exec; cat /proc/1/cmdline; exit 5"], false).await.unwrap();
+    let out = t.read_all("svc", "e1", true).await;
+    assert!(out.starts_with("from-exec\nsleep"), "{out:?}");
+    assert_eq!(t.read_all("svc", "e1", false).await, "");
+    assert_eq!(t.wait("svc", "e1").await.unwrap(), 5);
+    // Drained and waited: the agent forgets the exec (execs do not pile up).
+    let e = t.wait("svc", "e1").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+    // Duplicate exec id.
+    t.exec("svc", "e2", &["sleep", "1000"], false).await.unwrap();
+    let e = t.exec("svc", "e2", &["true"], false).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::ALREADY_EXISTS, "{}", message(&e));
+    t.signal("svc", "e2", 9).await.unwrap();
+    assert_eq!(t.wait("svc", "e2").await.unwrap(), 137);
+    // Unknown exec id.
+    let e = t.wait("svc", "nope").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+    assert!(message(&e).contains("nope"), "{}", message(&e));
+}
+
+#[tokio::test]
+async fn tty_gets_a_real_pty_and_resizes() {
+    let t = TestAgent::start().await;
+    let mut spec = t.spec("tty", &["sh", "-c", "read x; tty; stty size"]);
+    let mut p = spec.process().clone().unwrap();
+    p.set_terminal(Some(true));
+    spec.set_process(Some(p));
+    t.create("tty", &spec).await.unwrap();
+    t.start_container("tty").await.unwrap();
+    let mut r = pb::TtyWinResizeRequest::new();
+    r.container_id = "tty".into();
+    r.row = 40;
+    r.column = 100;
+    t.client.agent().tty_win_resize(t.client.context(), &r).await.unwrap();
+    t.write_stdin("tty", "", b"go\n").await.unwrap();
+    let out = t.read_all("tty", "", true).await;
+    assert!(out.contains("/dev/pts/0"), "{out:?}");
+    assert!(out.contains("40 100"), "{out:?}");
+    assert_eq!(t.wait("tty", "").await.unwrap(), 0);
+    // No stderr with a terminal.
+    assert!(t.read("tty", "", false).await.unwrap().is_empty());
+    // Resizing a process without a terminal is refused.
+    t.run("notty", &["true"]).await;
+    r.container_id = "notty".into();
+    let e = t.client.agent().tty_win_resize(t.client.context(), &r).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION);
+}
+
+#[tokio::test]
+async fn stats_and_pause_resume() {
+    let t = TestAgent::start().await;
+    t.run("ctr", &["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut r = pb::StatsContainerRequest::new();
+    r.container_id = "ctr".into();
+    let s = t.client.agent().stats_container(t.client.context(), &r).await.unwrap();
+    let cg = s.cgroup_stats.as_ref().unwrap();
+    assert!(cg.memory_stats.usage.usage > 0, "{cg:?}");
+    assert!(cg.pids_stats.current >= 1, "{cg:?}");
+    assert!(cg.cpu_stats.cpu_usage.total_usage > 0, "{cg:?}");
+
+    let count = t.shared().join("ctr/rootfs/tmp/count");
+    let read = || std::fs::read_to_string(&count).unwrap_or_default().trim().parse::<u64>().unwrap_or(0);
+    let mut p = pb::PauseContainerRequest::new();
+    p.container_id = "ctr".into();
+    t.client.agent().pause_container(t.client.context(), &p).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let frozen = read();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(read(), frozen, "counter moved while paused");
+    let mut rs = pb::ResumeContainerRequest::new();
+    rs.container_id = "ctr".into();
+    t.client.agent().resume_container(t.client.context(), &rs).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(read() > frozen, "counter did not move after resume");
+}
+
+#[tokio::test]
+async fn oom_kill_is_reported() {
+    let t = TestAgent::start().await;
+    let mut spec = t.spec("oom", &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=4"]);
+    let memory = LinuxMemoryBuilder::default().limit(32 * 1024 * 1024).swap(32 * 1024 * 1024).build().unwrap();
+    let resources = LinuxResourcesBuilder::default().memory(memory).build().unwrap();
+    let mut linux = spec.linux().clone().unwrap_or_else(|| LinuxBuilder::default().build().unwrap());
+    linux.set_resources(Some(resources));
+    spec.set_linux(Some(linux));
+    let oom = tokio::spawn({
+        let c = t.client.clone();
+        async move { c.agent().get_oom_event(context_with(Duration::from_secs(30)), &pb::GetOOMEventRequest::new()).await }
+    });
+    t.create("oom", &spec).await.unwrap();
+    t.start_container("oom").await.unwrap();
+    assert_eq!(t.wait("oom", "").await.unwrap(), 137);
+    assert_eq!(oom.await.unwrap().unwrap().container_id, "oom");
+}
+
+#[tokio::test]
+async fn remove_leaves_no_process_mount_or_cgroup() {
+    let t = TestAgent::start().await;
+    t.run("gone", &["sh", "-c", "sleep 1000 & sleep 1000"]).await;
+    t.exec("gone", "x", &["sleep", "1000"], false).await.unwrap();
+    let mut r = pb::StatsContainerRequest::new();
+    r.container_id = "gone".into();
+    assert!(!t.cgroup_dirs("gone").is_empty());
+    let pids: Vec<i32> = t
+        .cgroup_dirs("gone")
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| s.lines().filter_map(|l| l.parse().ok()).collect::<Vec<i32>>())
+        .collect();
+    assert!(pids.len() >= 3, "{pids:?}");
+    t.remove("gone").await.unwrap();
+    for p in &pids {
+        assert!(!common::pid_alive(*p), "pid {p} survived");
+    }
+    assert!(t.cgroup_dirs("gone").is_empty(), "{:?}", t.cgroup_dirs("gone"));
+    assert!(t.mounts_under("gone").is_empty(), "{:?}", t.mounts_under("gone"));
+    assert!(!t.dir.path().join("state/bundles/gone").exists());
+    assert!(!t.dir.path().join("state/runners/gone").exists());
+    let e = t.wait("gone", "").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_agent_keeps_serving() {
+    let t = TestAgent::start().await;
+    // Unknown container.
+    let e = t.start_container("ghost").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+    assert!(message(&e).contains("ghost"));
+    // Bad ids.
+    for bad in ["", "../x", "-x", "a/b", &"x".repeat(200)] {
+        let e = t.create(bad, &Spec::default()).await.unwrap_err();
+        assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{bad:?}: {}", message(&e));
+        assert!(message(&e).contains("container_id"), "{}", message(&e));
+    }
+    // Missing spec.
+    let mut r = pb::CreateContainerRequest::new();
+    r.container_id = "nospec".into();
+    let e = t.client.agent().create_container(t.client.context(), &r).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+    // Empty args, relative cwd.
+    let spec = t.spec("noargs", &[]);
+    let e = t.create("noargs", &spec).await.unwrap_err();
+    assert!(message(&e).contains("process.Args"), "{}", message(&e));
+    // Rootfs outside the shared directory.
+    let mut spec = t.spec("escape", &["true"]);
+    let mut root = spec.root().clone().unwrap();
+    root.set_path(PathBuf::from("/etc"));
+    spec.set_root(Some(root));
+    let e = t.create("escape", &spec).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+    assert!(message(&e).contains("OCI.Root.Path"), "{}", message(&e));
+    // Unknown namespace type on the wire.
+    let mut g = protocols::convert::spec_to_grpc(&t.spec("badns", &["true"]));
+    let mut ns = protocols::oci::LinuxNamespace::new();
+    ns.Type = "bogus".into();
+    g.Linux.mut_or_insert_default().Namespaces.push(ns);
+    let mut r = pb::CreateContainerRequest::new();
+    r.container_id = "badns".into();
+    r.OCI = MessageField::some(g);
+    let e = t.client.agent().create_container(t.client.context(), &r).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{}", message(&e));
+    // Duplicate container id.
+    t.run("dup", &["sleep", "1000"]).await;
+    let e = t.create("dup", &t.spec("dup", &["true"])).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::ALREADY_EXISTS);
+    // Unimplemented RPCs answer UNIMPLEMENTED after the gate.
+    let e = t.client.agent().list_interfaces(t.client.context(), &pb::ListInterfacesRequest::new()).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::UNIMPLEMENTED);
+    // Still serving.
+    t.client.check().await.unwrap();
+    assert_eq!(t.wait("dup", "nope").await.map_err(|e| code(&e)).unwrap_err(), ttrpc::Code::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn failed_create_leaves_nothing_behind() {
+    let t = TestAgent::start().await;
+    let mut spec = t.spec("broken", &["true"]);
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/data")
+            .source("/does/not/exist")
+            .typ("bind")
+            .options(vec!["rbind".to_string()])
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let e = t.create("broken", &spec).await.unwrap_err();
+    assert!(message(&e).contains("broken"), "{}", message(&e));
+    assert!(t.cgroup_dirs("broken").is_empty(), "{:?}", t.cgroup_dirs("broken"));
+    assert!(t.mounts_under("broken").is_empty());
+    assert!(!t.dir.path().join("state/bundles/broken").exists());
+    assert!(!t.dir.path().join("state/runners/broken").exists());
+    // The id is free again.
+    t.run("broken", &["true"]).await;
+    assert_eq!(t.wait("broken", "").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn copy_file_guest_details_and_clock() {
+    let t = TestAgent::start().await;
+    let path = format!("{}/pod/config/app.conf", t.shared().canonicalize().unwrap().display());
+    let mut r = pb::CopyFileRequest::new();
+    r.path = path.clone();
+    r.file_size = 5;
+    r.file_mode = 0o100644;
+    r.dir_mode = 0o755;
+    r.data = b"hello".to_vec();
+    t.client.agent().copy_file(t.client.context(), &r).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello");
+    for bad in ["/etc/passwd".to_string(), format!("{path}/../../../../etc/x"), "rel/x".to_string()] {
+        r.path = bad.clone();
+        let e = t.client.agent().copy_file(t.client.context(), &r).await.unwrap_err();
+        assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{bad}: {}", message(&e));
+    }
+
+    let mut g = pb::GuestDetailsRequest::new();
+    g.mem_block_size = true;
+    let d = t.client.agent().get_guest_details(t.client.context(), &g).await.unwrap();
+    assert_eq!(d.agent_details.version, env!("CARGO_PKG_VERSION"));
+    assert!(!d.agent_details.init_daemon);
+
+    // Setting the clock to (about) now is harmless on a shared host.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let mut c = pb::SetGuestDateTimeRequest::new();
+    c.Sec = now.as_secs() as i64;
+    c.Usec = i64::from(now.subsec_micros());
+    t.client.agent().set_guest_date_time(t.client.context(), &c).await.unwrap();
+    c.Usec = 2_000_000;
+    let e = t.client.agent().set_guest_date_time(t.client.context(), &c).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_and_agent_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestAgent::start().await;
+    let sock = t.dir.path().join("agent.sock");
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    // Header: length 8 MiB (over ttrpc's 4 MiB limit), stream 1, request.
+    let len: u32 = 8 << 20;
+    let mut frame = Vec::new();
+    frame.extend(len.to_be_bytes());
+    frame.extend(1u32.to_be_bytes());
+    frame.extend([1u8, 0u8]);
+    s.write_all(&frame).await.unwrap();
+    let body = vec![0u8; len as usize];
+    let _ = s.write_all(&body).await;
+    let mut hdr = [0u8; 10];
+    let got = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut hdr)).await;
+    if let Ok(Ok(_)) = got {
+        assert_eq!(hdr[8], 2, "expected a response frame");
+    }
+    // Whatever happened to that connection, the agent still answers others.
+    t.client.check().await.unwrap();
+    let fresh = AgentClient::connect(&format!("unix://{}", sock.display()).parse().unwrap(), ConnectOptions::default()).await.unwrap();
+    fresh.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn destroy_sandbox_kills_everything() {
+    let t = TestAgent::start().await;
+    let mut r = pb::CreateSandboxRequest::new();
+    r.sandbox_id = "pod".into();
+    r.hostname = "podhost".into();
+    t.client.agent().create_sandbox(t.client.context(), &r).await.unwrap();
+    let e = t.client.agent().create_sandbox(t.client.context(), &r).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::ALREADY_EXISTS);
+    t.run("a", &["sh", "-c", "hostname; sleep 1000"]).await;
+    assert_eq!(t.read("a", "", true).await.unwrap(), b"podhost\n");
+    t.run("b", &["sleep", "1000"]).await;
+    t.client.agent().destroy_sandbox(t.client.context(), &pb::DestroySandboxRequest::new()).await.unwrap();
+    assert!(t.cgroup_dirs("a").is_empty() && t.cgroup_dirs("b").is_empty());
+    let e = t.start_container("a").await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+}
