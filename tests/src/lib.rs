@@ -1,0 +1,104 @@
+//! Shared helpers for kata-cc's end-to-end suites: locating the guest image and tools,
+//! booting a pod VM with the real hypervisor crate, and talking to the agent inside.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support: failing loudly is the point
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hypervisor::qemu::{QemuConfig, QemuHypervisor};
+use hypervisor::{Hypervisor, Vm, VmSpec};
+use protocols::{AgentAddr, AgentClient, ConnectOptions};
+
+/// How to get what these tests need (CI does both).
+pub const SETUP: &str =
+    "run `hypervisor/tests/setup-host.sh` and `deploy/guest/build-image.sh --variant test --out target/guest/test`";
+
+/// Where the baked busybox rootfs lives inside the test image.
+pub const GUEST_ROOTFS: &str = "/run/kata-containers/shared/containers/busybox/rootfs";
+
+/// The test guest image: kernel + initramfs built by `deploy/guest/build-image.sh`.
+#[derive(Debug, Clone)]
+pub struct GuestImage {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs with the agent as PID 1 and the busybox rootfs.
+    pub initramfs: PathBuf,
+    /// `uname -r` of the kernel.
+    pub kernel_release: String,
+}
+
+/// Finds the test image (`KATA_CC_GUEST_DIR`, default `<repo>/target/guest/test`) or panics
+/// saying how to build it.
+pub fn guest_image() -> GuestImage {
+    let dir = std::env::var_os("KATA_CC_GUEST_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/test")
+    });
+    let kernel = dir.join("vmlinuz");
+    let initramfs = dir.join("initramfs.cpio.gz");
+    assert!(kernel.is_file() && initramfs.is_file(), "no guest image in {}: {SETUP}", dir.display());
+    let release = std::fs::read_to_string(dir.join("kernel-release"))
+        .unwrap_or_else(|e| panic!("{}/kernel-release: {e}: {SETUP}", dir.display()));
+    GuestImage { kernel, initramfs, kernel_release: release.trim().to_string() }
+}
+
+/// Finds `name` on PATH or in ~/.cargo/bin.
+pub fn find_tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| panic!("{name} not found: {SETUP}"))
+}
+
+/// The QEMU backend with the tools found on this host.
+pub fn qemu_hypervisor() -> QemuHypervisor {
+    QemuHypervisor::new(QemuConfig {
+        qemu: find_tool("qemu-system-x86_64"),
+        vhost_device_vsock: find_tool("vhost-device-vsock"),
+        ..QemuConfig::default()
+    })
+}
+
+/// A pod VM booted from the test image, with a connected agent client.
+pub struct PodVm {
+    /// The VM.
+    pub vm: Box<dyn Vm>,
+    /// Connected, healthy agent client.
+    pub agent: AgentClient,
+    /// Time from `start` to the agent answering Health.Check.
+    pub ready_after: Duration,
+    /// Scratch directory (state, console log).
+    pub dir: tempfile::TempDir,
+    /// The image it booted.
+    pub image: GuestImage,
+}
+
+impl PodVm {
+    /// Boots the test image with `memory_mib` and waits up to 90 s for the agent.
+    pub async fn boot(name: &str, memory_mib: u64) -> PodVm {
+        let image = guest_image();
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = VmSpec::new(format!("e2e-{name}"), &image.kernel, dir.path().join("state"));
+        spec.initramfs = Some(image.initramfs.clone());
+        spec.memory_mib = memory_mib;
+        spec.console_log = Some(dir.path().join("console.log"));
+        spec.boot_timeout = Duration::from_secs(30);
+        let started = Instant::now();
+        let vm = qemu_hypervisor().start(spec).await.unwrap_or_else(|e| panic!("start VM: {e:?}"));
+        let addr: AgentAddr = vm.agent_address().to_string().parse().unwrap();
+        let agent = match AgentClient::wait_ready(&addr, ConnectOptions::default(), Instant::now() + Duration::from_secs(90)).await {
+            Ok(a) => a,
+            Err(e) => {
+                let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
+                panic!("agent not ready: {e}\nconsole:\n{log}");
+            }
+        };
+        PodVm { vm, agent, ready_after: started.elapsed(), dir, image }
+    }
+
+    /// The console log so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+}
