@@ -43,11 +43,13 @@
 //! ```
 //!
 //! Built-in policies ship in [`builtin`]: allow-all, deny-all, and the default for a TEE
-//! pod whose initdata carries no policy.
+//! pod whose initdata carries no policy. [`gen`] generates a pod's policy and initdata from
+//! its Kubernetes YAML (the `kata-cc-policy` CLI).
 
 pub mod builtin;
 mod engine;
 pub mod explain;
+pub mod gen;
 mod rpc;
 
 pub use engine::{Decision, PolicyConfig, PolicyEngine, PolicyError, RegoError, PACKAGE};

@@ -1,0 +1,476 @@
+# kata-cc generated-policy rules (written by `kata-cc-policy gen`, followed by `policy_data`).
+#
+# The rules are generic; everything pod-specific is in `policy_data` (schema in
+# policy/src/gen/mod.rs). A request is checked against data that `kata-cc-policy gen` derived
+# from the pod YAML and the images' configs, and every denial carries a reason naming the
+# field, the value sent and the value allowed:
+#   {"allowed": false, "reason": "app: Process.Args: sent [...], allowed [...]"}
+#
+# Fail closed: each checked rule first collects a list of errors; if any input field has an
+# unexpected shape the list is undefined and the request is denied.
+#
+# CreateContainerRequest: sandbox name and namespace, container name and type, the image
+# (pinned by digest, pulled in the guest), the command, working dir, user, terminal,
+# NoNewPrivileges, every env var (listed, or matching a Kubernetes service/HOSTNAME regex;
+# listed ones must be present), capabilities, read-only root, every mount (default mounts
+# or the container's own; the pod's volume mounts must be present), storages, masked and
+# read-only paths, namespaces, sysctls, seccomp, no hooks, devices, SELinux/AppArmor labels.
+# ExecProcessRequest: only the argv lists of the container's `exec_commands` (the pod's
+# `kata-cc.io/exec-allow` annotation and its exec probes), with allowed env and user.
+package agent_policy
+
+default CreateContainerRequest := false
+default CreateSandboxRequest := false
+default ExecProcessRequest := false
+default StartContainerRequest := false
+default UpdateContainerRequest := false
+default CopyFileRequest := false
+default ReadStreamRequest := false
+default WriteStreamRequest := false
+default CloseStdinRequest := false
+default SetPolicyRequest := false
+default UpdateEphemeralMountsRequest := false
+default GetDiagnosticDataRequest := false
+default PauseContainerRequest := false
+default ResumeContainerRequest := false
+default GetIPTablesRequest := false
+default SetIPTablesRequest := false
+default GetMetricsRequest := false
+default MemAgentMemcgConfig := false
+default MemAgentCompactConfig := false
+default ReseedRandomDevRequest := false
+default SetGuestDateTimeRequest := false
+default AddSwapRequest := false
+default AddSwapPathRequest := false
+default ResizeVolumeRequest := false
+
+default DestroySandboxRequest := true
+default RemoveContainerRequest := true
+default SignalProcessRequest := true
+default WaitProcessRequest := true
+default StatsContainerRequest := true
+default TtyWinResizeRequest := true
+default GetOOMEventRequest := true
+default GuestDetailsRequest := true
+default OnlineCPUMemRequest := true
+default MemHotplugByProbeRequest := true
+default UpdateInterfaceRequest := true
+default UpdateRoutesRequest := true
+default ListInterfacesRequest := true
+default ListRoutesRequest := true
+default AddARPNeighborsRequest := true
+default RemoveStaleVirtiofsShareMountsRequest := true
+default VolumeStatsRequest := true
+
+default AllowRequestsFailingPolicy := false
+
+S_NAME_KEY := "io.kubernetes.cri.sandbox-name"
+S_NAMESPACE_KEY := "io.kubernetes.cri.sandbox-namespace"
+C_NAME_KEY := "io.kubernetes.cri.container-name"
+C_TYPE_KEY := "io.kubernetes.cri.container-type"
+IMAGE_KEY := "io.kubernetes.cri.image-name"
+CAP_KINDS := ["Bounding", "Effective", "Permitted", "Inheritable", "Ambient"]
+
+# ---- helpers ---------------------------------------------------------------------------
+
+# [] when sent == allowed, else one message.
+eq_err(field, sent, allowed) := [] if {
+	sent == allowed
+} else := [sprintf("%s: sent %s, allowed %s", [field, json.marshal(sent), json.marshal(allowed)])]
+
+# [] when `sent` is a string matching `pattern`, else one message.
+regex_err(field, pattern, sent) := [] if {
+	is_string(sent)
+	regex.match(pattern, sent)
+} else := [sprintf("%s: sent %s, allowed /%s/", [field, json.marshal(sent), pattern])]
+
+# [] when `sent` is in `allowed`, else one message.
+in_err(field, sent, allowed) := [] if {
+	sent in allowed
+} else := [sprintf("%s: sent %s, allowed one of %s", [field, json.marshal(sent), json.marshal(allowed)])]
+
+# [] when `sent` is empty (missing, null, "", [] or {}), else one message.
+empty_err(field, sent) := [] if {
+	is_null(sent)
+} else := [] if {
+	count(sent) == 0
+} else := [sprintf("%s: sent %s, allowed none", [field, json.marshal(sent)])]
+
+# [] when `value` has JSON type `want` (e.g. "array"), else one message.
+type_err(field, value, want) := [] if {
+	type_name(value) == want
+} else := [sprintf("%s: sent %s, expected %s", [field, json.marshal(value), want])]
+
+flatten_errs(lists) := [e | some l in lists; some e in l]
+
+get(obj, key, fallback) := object.get(obj, key, fallback) if is_object(obj) else := fallback
+
+# `x` if it is a collection, else [] (regorus errors on `some .. in null`).
+iter(x) := x if is_array(x) else := x if is_object(x) else := x if is_set(x) else := []
+
+# Expand the placeholders of a policy mount source or storage mount point into a regex.
+expand(pattern) := p if {
+	p1 := replace(pattern, "$(cpath)", policy_data.common.cpath)
+	p2 := replace(p1, "$(bundle-id)", "[a-z0-9]{64}")
+	p := replace(p2, "$(sandbox-id)", "[a-z0-9]{64}")
+}
+
+# ---- sandbox ---------------------------------------------------------------------------
+
+CreateSandboxRequest := {"allowed": true, "ops": ops} if {
+	count(sandbox_errors) == 0
+	ops := [{"op": "add", "path": "/pstate/sandbox_id", "value": input.sandbox_id}]
+} else := {"allowed": false, "reason": concat("; ", sandbox_errors)} if {
+	count(sandbox_errors) > 0
+}
+
+sandbox_errors := flatten_errs([
+	empty_err("guest_hook_path", get(input, "guest_hook_path", null)),
+	empty_err("kernel_modules", get(input, "kernel_modules", null)),
+	eq_err("sandbox_pidns", get(input, "sandbox_pidns", false), false),
+	sandbox_storage_errors,
+	sandbox_once_errors,
+])
+
+sandbox_once_errors := [] if {
+	not data.pstate.sandbox_id
+} else := ["sandbox already created (CreateSandbox is allowed once)"]
+
+sandbox_storage_errors := [sprintf("storages: sent %s, allowed only the sandbox shm", [json.marshal(s)]) |
+	some s in iter(get(input, "storages", []))
+	not allowed_sandbox_storage(s)
+]
+
+allowed_sandbox_storage(s) if {
+	s.driver == "ephemeral"
+	s.mount_point == "/run/kata-containers/sandbox/shm"
+	s.fstype == "tmpfs"
+}
+
+# ---- containers ------------------------------------------------------------------------
+
+CreateContainerRequest := {"allowed": true, "ops": ops} if {
+	errs := create_container_errors
+	count(errs) == 0
+	ops := record_container(input.container_id, create_container_index)
+} else := {"allowed": false, "reason": create_container_reason}
+
+create_container_reason := concat("; ", create_container_errors) if {
+	count(create_container_errors) > 0
+} else := "the request could not be checked (a field has an unexpected shape)"
+
+i_oci := get(input, "OCI", {})
+
+i_annotations := get(i_oci, "Annotations", {})
+
+i_process := get(i_oci, "Process", {})
+
+i_linux := get(i_oci, "Linux", {})
+
+anno(key) := get(i_annotations, key, null)
+
+# The sandbox (pause) container is found by its type, the others by name.
+create_container_index := idx if {
+	anno(C_TYPE_KEY) == "sandbox"
+	some idx, p in policy_data.containers
+	p.type == "sandbox"
+} else := idx if {
+	anno(C_TYPE_KEY) != "sandbox"
+	some idx, p in policy_data.containers
+	p.type == "container"
+	p.name == anno(C_NAME_KEY)
+}
+
+create_container_errors := errs if {
+	p := policy_data.containers[create_container_index]
+	errs := flatten_errs([sandbox_match_errors, container_errors(p)])
+} else := errs if {
+	not create_container_index
+	names := [p.name | some p in policy_data.containers; p.type == "container"]
+	errs := array.concat(
+		sandbox_match_errors,
+		in_err(sprintf("OCI.Annotations[%s]", [C_NAME_KEY]), anno(C_NAME_KEY), names),
+	)
+}
+
+sandbox_match_errors := flatten_errs([
+	regex_err(sprintf("OCI.Annotations[%s]", [S_NAME_KEY]), policy_data.sandbox.name_regex, anno(S_NAME_KEY)),
+	eq_err(sprintf("OCI.Annotations[%s]", [S_NAMESPACE_KEY]), anno(S_NAMESPACE_KEY), policy_data.sandbox.namespace),
+	regex_err("container_id", "^[a-z0-9]{64}$", get(input, "container_id", null)),
+	already_created_errors,
+])
+
+already_created_errors := [] if {
+	not known_container(input.container_id)
+} else := [sprintf("container_id: %s was already created", [input.container_id])]
+
+container_errors(p) := errs if {
+	lists := [
+		shape_errors,
+		eq_err(sprintf("OCI.Annotations[%s]", [C_TYPE_KEY]), anno(C_TYPE_KEY), p.type),
+		input_errors,
+		image_errors(p),
+		process_errors(p),
+		mount_errors(p),
+		linux_errors(p),
+		eq_root_errors(p),
+	]
+	errs := [sprintf("%s: %s", [p.name, e]) | some l in lists; some e in l]
+}
+
+shape_errors := flatten_errs([
+	type_err("OCI.Process.Args", get(i_process, "Args", null), "array"),
+	type_err("OCI.Process.Env", get(i_process, "Env", []), "array"),
+	type_err("OCI.Mounts", get(i_oci, "Mounts", []), "array"),
+	type_err("storages", get(input, "storages", []), "array"),
+	type_err("OCI.Linux.MaskedPaths", get(i_linux, "MaskedPaths", []), "array"),
+	type_err("OCI.Linux.ReadonlyPaths", get(i_linux, "ReadonlyPaths", []), "array"),
+	type_err("OCI.Linux.Namespaces", get(i_linux, "Namespaces", []), "array"),
+	type_err("OCI.Linux.Sysctl", get(i_linux, "Sysctl", {}), "object"),
+])
+
+input_errors := flatten_errs([
+	empty_err("shared_mounts", get(input, "shared_mounts", null)),
+	empty_err("devices", get(input, "devices", null)),
+	empty_err("string_user", get(input, "string_user", null)),
+	empty_err("OCI.Hooks", hooks_in_use),
+	empty_err("OCI.Linux.UIDMappings", get(i_linux, "UIDMappings", null)),
+	empty_err("OCI.Linux.GIDMappings", get(i_linux, "GIDMappings", null)),
+	empty_err("OCI.Linux.Devices", get(i_linux, "Devices", null)),
+	empty_err("OCI.Linux.Resources.Devices (allow rules)", allowed_device_rules),
+	empty_err("OCI.Process.SelinuxLabel", get(i_process, "SelinuxLabel", null)),
+	empty_err("OCI.Process.ApparmorProfile", get(i_process, "ApparmorProfile", null)),
+	empty_err("OCI.Linux.MountLabel", get(i_linux, "MountLabel", null)),
+])
+
+# Hooks: null, or an object whose hook lists are all empty.
+hooks_in_use := [h | some _, list in iter(get(i_oci, "Hooks", {})); some h in iter(list)]
+
+# Device cgroup rules that allow something (deny rules only narrow access).
+allowed_device_rules := [d | some d in iter(get(get(i_linux, "Resources", {}), "Devices", [])); get(d, "allow", true) != false]
+
+known_container(id) if data.pstate.containers[id] >= 0
+
+record_container(id, idx) := ops if {
+	data.pstate.containers
+	ops := [{"op": "add", "path": concat("/", ["/pstate/containers", id]), "value": idx}]
+} else := [{"op": "add", "path": "/pstate/containers", "value": {id: idx}}]
+
+# The image must be the pinned one, named by the CRI annotation and pulled in the guest.
+image_errors(p) := flatten_errs([
+	in_err(sprintf("OCI.Annotations[%s]", [IMAGE_KEY]), anno(IMAGE_KEY), p.image_names),
+	storage_errors(p),
+])
+
+rootfs_path := concat("", ["/run/kata-containers/", input.container_id, "/rootfs"])
+
+storage_errors(p) := errs if {
+	storages := iter(get(input, "storages", []))
+	pulls := [s | some s in storages; s.driver == "image_guest_pull"]
+	bad_pulls := [sprintf("storages: image_guest_pull %s, allowed source one of %s at %s", [json.marshal(s.source), json.marshal(p.image_names), rootfs_path]) |
+		some s in pulls
+		not image_storage_ok(p, s)
+	]
+	others := [sprintf("storages: sent %s, not allowed", [json.marshal(s)]) |
+		some s in storages
+		s.driver != "image_guest_pull"
+		not volume_storage_ok(p, s)
+	]
+	errs := flatten_errs([eq_err("storages (image_guest_pull count)", count(pulls), 1), bad_pulls, others])
+}
+
+image_storage_ok(p, s) if {
+	s.source in p.image_names
+	s.mount_point == rootfs_path
+}
+
+volume_storage_ok(p, s) if {
+	some ps in p.storages
+	s.driver == ps.driver
+	regex.match(concat("", ["^", expand(ps.mount_point), "$"]), s.mount_point)
+}
+
+eq_root_errors(p) := flatten_errs([
+	eq_err("OCI.Root.Path", get(get(i_oci, "Root", {}), "Path", null), rootfs_path),
+	readonly_root_errors(p),
+])
+
+readonly_root_errors(p) := [] if {
+	not p.read_only_root
+} else := eq_err("OCI.Root.Readonly", get(get(i_oci, "Root", {}), "Readonly", null), true)
+
+process_errors(p) := flatten_errs([
+	eq_err("OCI.Process.Args", get(i_process, "Args", null), p.process.Args),
+	eq_err("OCI.Process.Cwd", get(i_process, "Cwd", null), p.process.Cwd),
+	eq_err("OCI.Process.Terminal", get(i_process, "Terminal", false), p.process.Terminal),
+	user_errors(p, "OCI.Process", i_process),
+	nnp_errors(p),
+	env_errors(p, "OCI.Process", i_process, true),
+	caps_errors(p),
+])
+
+user_errors(p, prefix, proc) := flatten_errs([uid_errors(p, prefix, proc), gid_errors(p, prefix, proc)])
+
+uid_errors(p, prefix, proc) := [] if {
+	is_null(p.process.UID)
+} else := eq_err(concat("", [prefix, ".User.UID"]), get(get(proc, "User", {}), "UID", null), p.process.UID)
+
+gid_errors(p, prefix, proc) := [] if {
+	is_null(p.process.GID)
+} else := eq_err(concat("", [prefix, ".User.GID"]), get(get(proc, "User", {}), "GID", null), p.process.GID)
+
+nnp_errors(p) := [] if {
+	not p.process.NoNewPrivileges
+} else := eq_err("OCI.Process.NoNewPrivileges", get(i_process, "NoNewPrivileges", false), true)
+
+# Every env var sent must be allowed; with `required`, every listed one must be sent.
+env_errors(p, prefix, proc, required) := errs if {
+	env := iter(get(proc, "Env", []))
+	unknown := [sprintf("%s.Env: sent %s, not allowed", [prefix, json.marshal(e)]) |
+		some e in env
+		not env_allowed(p, e)
+	]
+	missing := [sprintf("%s.Env: missing %s", [prefix, json.marshal(e)]) |
+		required
+		some e in p.process.Env
+		not e in env
+	]
+	errs := array.concat(unknown, missing)
+}
+
+env_allowed(p, e) if e in p.process.Env
+
+env_allowed(p, e) if {
+	some pattern in p.process.EnvRegex
+	regex.match(pattern, e)
+}
+
+env_allowed(p, e) if {
+	some pattern in policy_data.common.allow_env_regex
+	regex.match(pattern, e)
+}
+
+caps_errors(p) := [sprintf("OCI.Process.Capabilities.%s: sent %s, not allowed (allowed: %s)", [kind, cap, json.marshal(p.process.Capabilities)]) |
+	caps := get(i_process, "Capabilities", null)
+	some kind in CAP_KINDS
+	some cap in iter(get(caps, kind, []))
+	not cap in p.process.Capabilities
+]
+
+mount_errors(p) := errs if {
+	mounts := iter(get(i_oci, "Mounts", []))
+	unknown := [sprintf("OCI.Mounts: sent %s, not allowed", [json.marshal(m)]) |
+		some m in mounts
+		not mount_allowed(p, m)
+	]
+	missing := [sprintf("OCI.Mounts: missing %s (%s)", [pm.destination, pm.type]) |
+		some pm in p.mounts
+		pm.required
+		not mount_present(pm, mounts)
+	]
+	errs := array.concat(unknown, missing)
+}
+
+mount_allowed(p, m) if {
+	some pm in policy_data.common.default_mounts
+	mount_matches(pm, m)
+}
+
+mount_allowed(p, m) if {
+	some pm in p.mounts
+	mount_matches(pm, m)
+}
+
+mount_present(pm, mounts) if {
+	some m in mounts
+	mount_matches(pm, m)
+}
+
+mount_matches(pm, m) if {
+	pm.destination == m.destination
+	pm.type == m.type
+	{o | some o in pm.options} == {o | some o in iter(get(m, "options", []))}
+	regex.match(concat("", ["^", expand(pm.source), "$"]), m.source)
+}
+
+linux_errors(p) := flatten_errs([
+	paths_errors(p),
+	seccomp_errors(p),
+	namespace_errors,
+	sysctl_errors,
+])
+
+paths_errors(p) := [] if {
+	p.privileged
+} else := flatten_errs([
+	eq_err("OCI.Linux.MaskedPaths", get(i_linux, "MaskedPaths", []), policy_data.common.masked_paths),
+	eq_err("OCI.Linux.ReadonlyPaths", get(i_linux, "ReadonlyPaths", []), policy_data.common.readonly_paths),
+])
+
+seccomp_errors(p) := [] if {
+	p.seccomp == "unconfined"
+	is_null(get(i_linux, "Seccomp", null))
+} else := [] if {
+	p.seccomp != "unconfined"
+	not is_null(get(i_linux, "Seccomp", null))
+} else := [sprintf("OCI.Linux.Seccomp: sent %s, allowed %s profile", [json.marshal(get(i_linux, "Seccomp", null)), p.seccomp])]
+
+namespace_errors := [sprintf("OCI.Linux.Namespaces: sent %s, allowed new ipc/uts/mount namespaces only", [json.marshal(ns)]) |
+	some ns in iter(get(i_linux, "Namespaces", []))
+	not namespace_ok(ns)
+]
+
+namespace_ok(ns) if {
+	ns.Type in {"ipc", "uts", "mount"}
+	get(ns, "Path", "") == ""
+}
+
+allowed_sysctls := object.union(policy_data.common.default_sysctls, policy_data.sandbox.sysctls)
+
+sysctl_errors := [sprintf("OCI.Linux.Sysctl: sent %s=%s, allowed %s", [k, json.marshal(v), json.marshal(allowed_sysctls)]) |
+	some k, v in iter(get(i_linux, "Sysctl", {}))
+	object.get(allowed_sysctls, k, null) != v
+]
+
+StartContainerRequest if known_container(input.container_id)
+
+UpdateContainerRequest if known_container(input.container_id)
+
+# ---- processes and streams -------------------------------------------------------------
+
+ExecProcessRequest := true if {
+	count(exec_errors) == 0
+} else := {"allowed": false, "reason": concat("; ", exec_errors)} if {
+	count(exec_errors) > 0
+}
+
+exec_errors := errs if {
+	idx := data.pstate.containers[input.container_id]
+	p := policy_data.containers[idx]
+	proc := get(input, "process", {})
+	lists := [
+		empty_err("string_user", get(input, "string_user", null)),
+		type_err("process.Env", get(proc, "Env", []), "array"),
+		in_err("process.Args", get(proc, "Args", null), p.exec_commands),
+		user_errors(p, "process", proc),
+		env_errors(p, "process", proc, false),
+	]
+	errs := [sprintf("%s: %s", [p.name, e]) | some l in lists; some e in l]
+} else := [sprintf("container_id: %s was not created under this policy", [json.marshal(get(input, "container_id", null))])]
+
+ReadStreamRequest if policy_data.request_defaults.ReadStreamRequest == true
+
+WriteStreamRequest if policy_data.request_defaults.WriteStreamRequest == true
+
+CloseStdinRequest if policy_data.request_defaults.CloseStdinRequest == true
+
+# Files the shim copies into the guest when there is no shared file system (Kubernetes
+# volumes: configMap, secret, projected, /etc/hosts, ...).
+CopyFileRequest if {
+	path := input.path
+	is_string(path)
+	not contains(path, "/../")
+	not endswith(path, "/..")
+	some pattern in policy_data.common.copy_file_regex
+	regex.match(expand(pattern), path)
+}
