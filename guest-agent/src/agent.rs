@@ -605,4 +605,53 @@ impl Agent {
         .map_err(|e| AgentError::io("copy_file task")(std::io::Error::other(e)))??;
         Ok(Empty::new())
     }
+
+    // ---- network (crate::net does the work, on a blocking thread) ------------------
+
+    /// UpdateInterface: addresses, MTU, name and up state of the NIC with `hwAddr`.
+    pub async fn update_interface(&self, req: pb::UpdateInterfaceRequest) -> Result<protocols::types::Interface, AgentError> {
+        let iface = req.interface.into_option().ok_or_else(|| AgentError::invalid("interface", "missing"))?;
+        net_blocking("UpdateInterface", move || crate::net::update_interface(&iface)).await
+    }
+
+    /// UpdateRoutes: replaces the routes of the devices the request names.
+    pub async fn update_routes(&self, req: pb::UpdateRoutesRequest) -> Result<pb::Routes, AgentError> {
+        let routes = req.routes.into_option().map(|r| r.Routes).unwrap_or_default();
+        let list = net_blocking("UpdateRoutes", move || crate::net::update_routes(&routes)).await?;
+        let mut resp = pb::Routes::new();
+        resp.Routes = list;
+        Ok(resp)
+    }
+
+    /// ListInterfaces: every link with its addresses.
+    pub async fn list_interfaces(&self, _req: pb::ListInterfacesRequest) -> Result<pb::Interfaces, AgentError> {
+        let mut resp = pb::Interfaces::new();
+        resp.Interfaces = net_blocking("ListInterfaces", crate::net::list_interfaces).await?;
+        Ok(resp)
+    }
+
+    /// ListRoutes: the main routing table.
+    pub async fn list_routes(&self, _req: pb::ListRoutesRequest) -> Result<pb::Routes, AgentError> {
+        let mut resp = pb::Routes::new();
+        resp.Routes = net_blocking("ListRoutes", crate::net::list_routes).await?;
+        Ok(resp)
+    }
+
+    /// AddARPNeighbors: permanent neighbour entries.
+    pub async fn add_arp_neighbors(&self, req: pb::AddARPNeighborsRequest) -> Result<Empty, AgentError> {
+        let neighbors = req.neighbors.into_option().map(|n| n.ARPNeighbors).unwrap_or_default();
+        net_blocking("AddARPNeighbors", move || crate::net::add_arp_neighbors(&neighbors)).await?;
+        Ok(Empty::new())
+    }
+}
+
+/// Runs a netlink handler of [`crate::net`] on a blocking thread.
+async fn net_blocking<T: Send + 'static>(
+    rpc: &'static str,
+    f: impl FnOnce() -> Result<T, crate::net::NetError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::io(format!("{rpc} task"))(std::io::Error::other(e)))?
+        .map_err(AgentError::from)
 }

@@ -36,6 +36,7 @@ mod endpoints;
 pub mod error;
 pub mod gate;
 pub mod init;
+pub mod net;
 pub mod runner;
 pub mod server;
 pub mod service;

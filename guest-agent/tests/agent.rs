@@ -445,7 +445,7 @@ async fn bad_requests_get_clear_errors_and_agent_keeps_serving() {
     let e = t.create("dup", &t.spec("dup", &["true"])).await.unwrap_err();
     assert_eq!(code(&e), ttrpc::Code::ALREADY_EXISTS);
     // Unimplemented RPCs answer UNIMPLEMENTED after the gate.
-    let e = t.client.agent().list_interfaces(t.client.context(), &pb::ListInterfacesRequest::new()).await.unwrap_err();
+    let e = t.client.agent().get_ip_tables(t.client.context(), &pb::GetIPTablesRequest::new()).await.unwrap_err();
     assert_eq!(code(&e), ttrpc::Code::UNIMPLEMENTED);
     // Still serving.
     t.client.check().await.unwrap();

@@ -44,6 +44,7 @@ use async_trait::async_trait;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod net;
 pub mod probe;
 pub mod qemu;
 pub mod sizing;
