@@ -48,6 +48,7 @@ compile_error!(
 mod claims;
 mod hexbytes;
 mod reference;
+pub mod server;
 pub mod sim;
 pub mod snp;
 pub mod tdx;

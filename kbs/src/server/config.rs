@@ -1,0 +1,113 @@
+//! `kbs.toml`: the server configuration.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! resource_dir = "/var/lib/kata-cc/kbs/resources"    # <dir>/<repo>/<type>/<tag>
+//! reference_values = "/etc/kata-cc/kbs/reference.toml" # optional (closed default)
+//! policy = "/etc/kata-cc/kbs/resource-policy.rego"     # optional (built-in default)
+//! allow_simulated = false       # master switch for sim evidence (verifier and policy)
+//! admin_key = "long-random-secret" # optional; without it the admin API is disabled
+//! tdx_collateral_dir = "/etc/kata-cc/kbs/tdx"          # optional PCS files for TDX
+//! session_timeout_secs = 300
+//! token_lifetime_secs = 300
+//! max_body_bytes = 1048576
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Server configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Root of the resource store.
+    pub resource_dir: PathBuf,
+    /// Reference values file (TOML, or JSON by extension); absent = accept nothing.
+    #[serde(default)]
+    pub reference_values: Option<PathBuf>,
+    /// Resource policy (Rego, package `policy`, rule `allow`); absent = the default.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    /// Accept simulated evidence. Overrides `allow_simulated` of the reference values.
+    #[serde(default)]
+    pub allow_simulated: bool,
+    /// Bearer key of the admin API; absent disables it.
+    #[serde(default)]
+    pub admin_key: Option<String>,
+    /// Directory of Intel PCS collateral for TDX; absent disables TDX.
+    #[serde(default)]
+    pub tdx_collateral_dir: Option<PathBuf>,
+    /// Session lifetime (auth to last use), seconds.
+    #[serde(default = "default_timeout")]
+    pub session_timeout_secs: u64,
+    /// Attestation token lifetime, seconds.
+    #[serde(default = "default_timeout")]
+    pub token_lifetime_secs: u64,
+    /// Largest request body accepted.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_timeout() -> u64 {
+    300
+}
+fn default_max_body() -> usize {
+    1 << 20
+}
+
+/// Why the configuration cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema error.
+    #[error("invalid kbs config")]
+    Toml(#[source] toml::de::Error),
+}
+
+impl ServerConfig {
+    /// A configuration with defaults for everything but the resource directory.
+    pub fn new(resource_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: default_listen(),
+            resource_dir: resource_dir.into(),
+            reference_values: None,
+            policy: None,
+            allow_simulated: false,
+            admin_key: None,
+            tdx_collateral_dir: None,
+            session_timeout_secs: default_timeout(),
+            token_lifetime_secs: default_timeout(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+
+    /// Parses TOML.
+    pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
+        toml::from_str(s).map_err(ConfigError::Toml)
+    }
+
+    /// Loads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let s = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&s)
+    }
+}

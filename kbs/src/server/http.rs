@@ -1,0 +1,625 @@
+//! The RCAR HTTP/1 server on hyper.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kbs_types::{Attestation, TeePubKey};
+use rand_core::{OsRng, RngCore};
+use serde::Deserialize;
+use sha2::Digest;
+use tokio::net::TcpListener;
+
+use super::binding::{self, PROTOCOL_VERSION};
+use super::config::ServerConfig;
+use super::jwe;
+use super::policy::{ResourcePolicy, ResourcePolicyError, DEFAULT_RESOURCE_POLICY};
+use super::problem::Problem;
+use super::store::{ResourcePath, ResourceStore, StoreError};
+use super::token::{TokenSigner, ISSUER};
+use super::SESSION_COOKIE;
+use crate::{
+    Claims, ReferenceError, ReferenceValues, SimVerifier, SnpError, SnpVerifier,
+    TdxCollateralStore, TdxError, TdxVerifier, TeeKind, Verifier,
+};
+
+/// Most sessions kept at once (older expired ones are pruned first).
+const MAX_SESSIONS: usize = 100_000;
+
+/// Why the server cannot start or stops.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Reference values cannot be loaded.
+    #[error("reference values")]
+    Reference(#[source] ReferenceError),
+    /// The resource policy cannot be read.
+    #[error("cannot read resource policy {path}")]
+    PolicyIo {
+        /// File.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The resource policy does not compile.
+    #[error("resource policy")]
+    Policy(#[source] ResourcePolicyError),
+    /// A verifier cannot be built.
+    #[error("SNP/sim verifier")]
+    Snp(#[source] SnpError),
+    /// The TDX verifier cannot be built.
+    #[error("TDX verifier")]
+    Tdx(#[source] TdxError),
+    /// Accepting a connection failed.
+    #[error("accept")]
+    Accept(#[source] std::io::Error),
+}
+
+struct Attested {
+    claims: serde_json::Value,
+    tee_pubkey: TeePubKey,
+}
+
+struct Session {
+    tee: TeeKind,
+    nonce: String,
+    created: Instant,
+    nonce_used: bool,
+    attested: Option<Arc<Attested>>,
+}
+
+struct State {
+    cfg: ServerConfig,
+    verifiers: Vec<Box<dyn Verifier>>,
+    reference: RwLock<ReferenceValues>,
+    sessions: Mutex<HashMap<String, Session>>,
+    store: ResourceStore,
+    policy: ResourcePolicy,
+    signer: TokenSigner,
+}
+
+/// The KBS: RCAR endpoints, resource store, admin API.
+#[derive(Clone)]
+pub struct KbsServer {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for KbsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KbsServer")
+            .field("listen", &self.state.cfg.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// A request that fails with an RFC 7807 body.
+struct Fail(Problem);
+
+impl Fail {
+    fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
+        Self(Problem::new(status.as_u16(), kind, detail))
+    }
+    fn unauthorized(kind: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, kind, detail)
+    }
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "MalformedRequest", detail)
+    }
+    fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", detail)
+    }
+}
+
+/// `error: cause: cause…` (the whole source chain, once).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    respond(status, "application/json", v.to_string().into_bytes())
+}
+
+fn problem(p: &Problem) -> Resp {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    respond(
+        status,
+        "application/problem+json",
+        serde_json::to_vec(p).unwrap_or_default(),
+    )
+}
+
+fn random_b64(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    OsRng.fill_bytes(&mut b);
+    B64.encode(b)
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct AuthRequest {
+    version: String,
+    tee: String,
+    #[serde(default, rename = "extra-params")]
+    _extra_params: serde_json::Value,
+}
+
+impl KbsServer {
+    /// Builds the server: loads reference values and policy, creates the verifiers (SNP
+    /// with AMD's roots, sim, and TDX when collateral is configured) and a fresh token key.
+    pub fn new(cfg: ServerConfig) -> Result<Self, ServerError> {
+        let reference = match &cfg.reference_values {
+            Some(p) => ReferenceValues::load(p).map_err(ServerError::Reference)?,
+            None => ReferenceValues::default(),
+        };
+        let rego = match &cfg.policy {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|source| ServerError::PolicyIo {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => DEFAULT_RESOURCE_POLICY.to_owned(),
+        };
+        let policy =
+            ResourcePolicy::new(&rego, cfg.allow_simulated).map_err(ServerError::Policy)?;
+        let mut verifiers: Vec<Box<dyn Verifier>> = vec![
+            Box::new(SnpVerifier::amd().map_err(ServerError::Snp)?),
+            Box::new(SimVerifier::new().map_err(ServerError::Snp)?),
+        ];
+        if let Some(dir) = &cfg.tdx_collateral_dir {
+            let mut store = TdxCollateralStore::new();
+            store.add_pcs_dir(dir).map_err(ServerError::Tdx)?;
+            verifiers.push(Box::new(TdxVerifier::new(store).map_err(ServerError::Tdx)?));
+        }
+        Ok(Self {
+            state: Arc::new(State {
+                store: ResourceStore::new(cfg.resource_dir.clone()),
+                cfg,
+                verifiers,
+                reference: RwLock::new(reference),
+                sessions: Mutex::new(HashMap::new()),
+                policy,
+                signer: TokenSigner::generate(),
+            }),
+        })
+    }
+
+    /// Replaces (or adds) the verifier for its TEE kind; for tests with other roots.
+    pub fn with_verifier(mut self, v: Box<dyn Verifier>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.verifiers.retain(|x| x.tee() != v.tee());
+            state.verifiers.push(v);
+        }
+        self
+    }
+
+    /// Serves HTTP/1 connections from `listener` until an accept error.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), ServerError> {
+        loop {
+            let (stream, _) = listener.accept().await.map_err(ServerError::Accept)?;
+            let _ = stream.set_nodelay(true);
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(state, req).await) }
+                });
+                // A broken connection concerns only its client.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let r = match (&method, path.as_str()) {
+        (&Method::POST, "/kbs/v0/auth") => auth(&state, req).await,
+        (&Method::POST, "/kbs/v0/attest") => attest(&state, req).await,
+        (&Method::PUT, "/kbs/v0/reference-values") => set_reference(&state, req).await,
+        (m, p) if p.starts_with("/kbs/v0/resource/") => {
+            let rest = &p["/kbs/v0/resource/".len()..];
+            match *m {
+                Method::GET => get_resource(&state, &req, rest),
+                Method::POST => set_resource(&state, req, rest.to_owned()).await,
+                _ => Err(Fail::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    format!("{m} not allowed on {p}"),
+                )),
+            }
+        }
+        (m, p) => Err(Fail::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no endpoint {m} {p}"),
+        )),
+    };
+    r.unwrap_or_else(|Fail(p)| problem(&p))
+}
+
+async fn body(state: &State, req: Request<Incoming>) -> Result<Bytes, Fail> {
+    let max = state.cfg.max_body_bytes;
+    let too_large = || {
+        Fail::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("request body larger than {max} bytes"),
+        )
+    };
+    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+        let len: usize = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Fail::bad_request("invalid Content-Length"))?;
+        if len > max {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(Fail::bad_request(format!("cannot read body: {e}"))),
+    }
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(what: &str, b: &'a [u8]) -> Result<T, Fail> {
+    serde_json::from_slice(b).map_err(|e| Fail::bad_request(format!("malformed {what}: {e}")))
+}
+
+fn cookie(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+async fn auth(state: &State, req: Request<Incoming>) -> Result<Resp, Fail> {
+    let b = body(state, req).await?;
+    let r: AuthRequest = parse_json("auth request", &b)?;
+    if r.version != PROTOCOL_VERSION {
+        return Err(Fail::bad_request(format!(
+            "unsupported protocol version {:?}: this KBS speaks exactly {PROTOCOL_VERSION:?}",
+            r.version
+        )));
+    }
+    let tee = match r.tee.as_str() {
+        "snp" => TeeKind::Snp,
+        "tdx" => TeeKind::Tdx,
+        "sample" | "sim" => TeeKind::Sim,
+        other => {
+            return Err(Fail::bad_request(format!(
+                "unsupported tee {other:?} (snp, tdx, sample/sim)"
+            )))
+        }
+    };
+    let nonce = random_b64(32);
+    let mut id = [0u8; 16];
+    OsRng.fill_bytes(&mut id);
+    let id = hex::encode(id);
+    let timeout = Duration::from_secs(state.cfg.session_timeout_secs);
+    {
+        let mut s = state
+            .sessions
+            .lock()
+            .map_err(|_| Fail::internal("session table poisoned"))?;
+        if s.len() >= MAX_SESSIONS / 2 {
+            s.retain(|_, v| v.created.elapsed() < timeout);
+        }
+        if s.len() >= MAX_SESSIONS {
+            return Err(Fail::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TooManySessions",
+                "too many open sessions",
+            ));
+        }
+        s.insert(
+            id.clone(),
+            Session {
+                tee,
+                nonce: nonce.clone(),
+                created: Instant::now(),
+                nonce_used: false,
+                attested: None,
+            },
+        );
+    }
+    let mut resp = json(
+        StatusCode::OK,
+        &serde_json::json!({"nonce": nonce, "extra-params": ""}),
+    );
+    let c = format!(
+        "{SESSION_COOKIE}={id}; Path=/kbs; HttpOnly; Max-Age={}",
+        state.cfg.session_timeout_secs
+    );
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        resp.headers_mut().insert(SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+/// Finds a live session; `f` runs with the table locked.
+fn with_session<T>(
+    state: &State,
+    id: Option<&str>,
+    f: impl FnOnce(&mut Session) -> Result<T, Fail>,
+) -> Result<T, Fail> {
+    let id = id.ok_or_else(|| {
+        Fail::unauthorized("MissingCookie", format!("no {SESSION_COOKIE} cookie"))
+    })?;
+    let mut s = state
+        .sessions
+        .lock()
+        .map_err(|_| Fail::internal("session table poisoned"))?;
+    let timeout = Duration::from_secs(state.cfg.session_timeout_secs);
+    let Some(sess) = s.get_mut(id) else {
+        return Err(Fail::unauthorized("InvalidCookie", "unknown session"));
+    };
+    if sess.created.elapsed() >= timeout {
+        s.remove(id);
+        return Err(Fail::unauthorized("ExpiredCookie", "session expired"));
+    }
+    f(sess)
+}
+
+/// The initdata digest (algorithm from the TOML, over the body as sent).
+fn initdata_digest(body: &str) -> Result<Vec<u8>, String> {
+    #[derive(Deserialize)]
+    struct Head {
+        algorithm: String,
+    }
+    let h: Head =
+        toml::from_str(body).map_err(|e| format!("init-data is not initdata TOML: {e}"))?;
+    Ok(match h.algorithm.as_str() {
+        "sha256" => sha2::Sha256::digest(body.as_bytes()).to_vec(),
+        "sha384" => sha2::Sha384::digest(body.as_bytes()).to_vec(),
+        "sha512" => sha2::Sha512::digest(body.as_bytes()).to_vec(),
+        a => return Err(format!("init-data algorithm {a:?} unsupported")),
+    })
+}
+
+fn fit(d: &[u8], n: usize) -> Vec<u8> {
+    let mut v = d[..d.len().min(n)].to_vec();
+    v.resize(n, 0);
+    v
+}
+
+async fn attest(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Fail> {
+    let id = cookie(&req);
+    let b = body(state, req).await?;
+    let a: Attestation = parse_json("attestation request", &b)?;
+    // The nonce is consumed by the first attempt, successful or not.
+    let (tee, nonce) = with_session(state, id.as_deref(), |s| {
+        if s.nonce_used {
+            return Err(Fail::unauthorized(
+                "NonceReplay",
+                "nonce already used: start a new session with /auth",
+            ));
+        }
+        s.nonce_used = true;
+        Ok((s.tee, s.nonce.clone()))
+    })?;
+    if a.runtime_data.nonce != nonce {
+        return Err(Fail::unauthorized(
+            "NonceMismatch",
+            "runtime-data nonce is not this session's nonce",
+        ));
+    }
+    let rd = binding::report_data(
+        &nonce,
+        &a.runtime_data.tee_pubkey,
+        &a.tee_evidence.additional_evidence,
+    )
+    .map_err(|e| Fail::bad_request(chain(&e)))?;
+    let reference = {
+        let r = state
+            .reference
+            .read()
+            .map_err(|_| Fail::internal("reference values poisoned"))?;
+        let mut r = r.clone();
+        r.allow_simulated = state.cfg.allow_simulated;
+        r
+    };
+    let st = state.clone();
+    let evidence = a.tee_evidence.primary_evidence;
+    let verified = tokio::task::spawn_blocking(move || {
+        let v = st
+            .verifiers
+            .iter()
+            .find(|v| v.tee() == tee)
+            .ok_or_else(|| format!("no verifier for {tee:?} configured"))?;
+        v.verify(&evidence, &rd, &reference, SystemTime::now())
+            .map_err(|e| chain(&e))
+    })
+    .await
+    .map_err(|e| Fail::internal(format!("verifier task: {e}")))?;
+    let claims: Claims = verified
+        .map_err(|e| Fail::unauthorized("AttestationFailed", format!("attestation failed: {e}")))?;
+    if let Some(init) = &a.init_data {
+        if init.format != "toml" {
+            return Err(Fail::bad_request(format!(
+                "init-data format {:?} unsupported (toml)",
+                init.format
+            )));
+        }
+        let d = initdata_digest(&init.body).map_err(Fail::bad_request)?;
+        let (field, want, got) = match (&claims.snp, &claims.tdx) {
+            (Some(s), _) => ("HOST_DATA", fit(&d, 32), s.host_data.0.to_vec()),
+            (_, Some(t)) => ("MRCONFIGID", fit(&d, 48), t.mrconfigid.0.to_vec()),
+            _ => return Err(Fail::internal("claims without TEE details")),
+        };
+        if want != got {
+            return Err(Fail::unauthorized(
+                "AttestationFailed",
+                format!(
+                    "attestation failed: init-data digest {} does not match {field} {}",
+                    hex::encode(want),
+                    hex::encode(got)
+                ),
+            ));
+        }
+    }
+    let claims = serde_json::to_value(&claims).map_err(|e| Fail::internal(e.to_string()))?;
+    let now = now_secs();
+    let token = state.signer.sign(&serde_json::json!({
+        "iss": ISSUER,
+        "iat": now,
+        "exp": now + state.cfg.token_lifetime_secs,
+        "tee-pubkey": a.runtime_data.tee_pubkey,
+        "claims": claims,
+    }));
+    let attested = Arc::new(Attested {
+        claims,
+        tee_pubkey: a.runtime_data.tee_pubkey,
+    });
+    with_session(state, id.as_deref(), |s| {
+        s.attested = Some(attested);
+        Ok(())
+    })?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "token": token })))
+}
+
+fn get_resource(state: &State, req: &Request<Incoming>, rest: &str) -> Result<Resp, Fail> {
+    let attested = if let Some(t) = bearer(req) {
+        let p = state.signer.verify(t, now_secs()).map_err(|e| {
+            Fail::unauthorized("TokenInvalid", format!("attestation token refused: {e}"))
+        })?;
+        let tee_pubkey: TeePubKey = serde_json::from_value(p["tee-pubkey"].clone())
+            .map_err(|_| Fail::unauthorized("TokenInvalid", "token without tee-pubkey"))?;
+        Arc::new(Attested {
+            claims: p["claims"].clone(),
+            tee_pubkey,
+        })
+    } else {
+        with_session(state, cookie(req).as_deref(), |s| {
+            s.attested.clone().ok_or_else(|| {
+                Fail::unauthorized(
+                    "NotAttested",
+                    "session has not attested (POST /attest first)",
+                )
+            })
+        })?
+    };
+    let path = ResourcePath::parse(rest).map_err(|e| Fail::bad_request(chain(&e)))?;
+    let input = serde_json::json!({
+        "claims": attested.claims,
+        "tee-pubkey": attested.tee_pubkey,
+        "resource": {"repo": path.repo, "type": path.kind, "tag": path.tag, "path": path.to_string()},
+    });
+    let allowed = state
+        .policy
+        .allows(&input)
+        .map_err(|e| Fail::internal(chain(&e)))?;
+    if !allowed {
+        return Err(Fail::unauthorized(
+            "PolicyDeny",
+            format!("resource policy denied access to {path}"),
+        ));
+    }
+    let data = state.store.get(&path).map_err(|e| match e {
+        StoreError::NotFound(_) => Fail::new(StatusCode::NOT_FOUND, "ResourceNotFound", chain(&e)),
+        e => Fail::internal(chain(&e)),
+    })?;
+    let jwe = jwe::encrypt(&attested.tee_pubkey, &data)
+        .map_err(|e| Fail::bad_request(format!("cannot encrypt to the TEE key: {}", chain(&e))))?;
+    let v = serde_json::to_value(jwe).map_err(|e| Fail::internal(e.to_string()))?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+fn admin(state: &State, req: &Request<Incoming>) -> Result<(), Fail> {
+    let Some(key) = &state.cfg.admin_key else {
+        return Err(Fail::unauthorized(
+            "AdminDisabled",
+            "admin API disabled (no admin_key)",
+        ));
+    };
+    match bearer(req) {
+        Some(t) if ct_eq(t.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(Fail::unauthorized("AdminAuth", "wrong admin key")),
+        None => Err(Fail::unauthorized(
+            "AdminAuth",
+            "admin API needs Authorization: Bearer <admin key>",
+        )),
+    }
+}
+
+async fn set_resource(state: &State, req: Request<Incoming>, rest: String) -> Result<Resp, Fail> {
+    admin(state, &req)?;
+    let path = ResourcePath::parse(&rest).map_err(|e| Fail::bad_request(chain(&e)))?;
+    let b = body(state, req).await?;
+    state
+        .store
+        .set(&path, &b)
+        .map_err(|e| Fail::internal(chain(&e)))?;
+    Ok(respond(StatusCode::OK, "text/plain", Vec::new()))
+}
+
+async fn set_reference(state: &State, req: Request<Incoming>) -> Result<Resp, Fail> {
+    admin(state, &req)?;
+    let b = body(state, req).await?;
+    let s =
+        std::str::from_utf8(&b).map_err(|_| Fail::bad_request("reference values are not UTF-8"))?;
+    let r = if s.trim_start().starts_with('{') {
+        ReferenceValues::from_json_str(s)
+    } else {
+        ReferenceValues::from_toml_str(s)
+    }
+    .map_err(|e| Fail::bad_request(chain(&e)))?;
+    *state
+        .reference
+        .write()
+        .map_err(|_| Fail::internal("reference values poisoned"))? = r;
+    Ok(respond(StatusCode::OK, "text/plain", Vec::new()))
+}
