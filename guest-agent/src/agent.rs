@@ -134,6 +134,8 @@ pub struct Agent {
     sandbox: Mutex<Sandbox>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: Mutex<mpsc::UnboundedReceiver<String>>,
+    /// The policy behind the gate, for SetPolicy.
+    policy: Option<Arc<crate::policy_gate::PolicyCheck>>,
 }
 
 /// Checks a container or exec id: 1..=128 characters of `[A-Za-z0-9_.-]`, not starting
@@ -156,7 +158,24 @@ impl Agent {
     pub fn new(cfg: AgentConfig) -> Self {
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
         let runner_cfg = RunnerConfig { helper_exe: cfg.helper_exe.clone(), state_root: cfg.state_dir.join("runners") };
-        Self { cfg, runner_cfg, sandbox: Mutex::new(Sandbox::default()), oom_tx, oom_rx: Mutex::new(oom_rx) }
+        Self { cfg, runner_cfg, sandbox: Mutex::new(Sandbox::default()), oom_tx, oom_rx: Mutex::new(oom_rx), policy: None }
+    }
+
+    /// Lets SetPolicy replace `policy` (the same check the gate runs).
+    pub fn with_policy(mut self, policy: Arc<crate::policy_gate::PolicyCheck>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// SetPolicy: replaces the agent policy. The gate has already checked the request
+    /// against the current policy; a policy that does not load leaves it in force.
+    pub async fn set_policy(&self, req: pb::SetPolicyRequest) -> Result<Empty, AgentError> {
+        let p = self
+            .policy
+            .as_ref()
+            .ok_or_else(|| AgentError::FailedPrecondition("this agent runs without a policy engine".into()))?;
+        p.replace(&req.policy).map_err(|e| AgentError::invalid("policy", crate::error::chain(&e)))?;
+        Ok(Empty::new())
     }
 
     async fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {

@@ -3,8 +3,9 @@
 //! a handler without passing the gate, and a test checks the list against the proto.
 //!
 //! Each entry: `(RpcName, trait_method, RequestType, ResponseType, kind)`, where `kind`
-//! is `handled` (the agent implements it) or `unimplemented` (answers UNIMPLEMENTED after
-//! the gate).
+//! is `handled` (the agent implements it), `redacted` (implemented; a gate refusal
+//! redacts the output instead of failing, so a denied log reader cannot stall the
+//! container on a full pipe) or `unimplemented` (answers UNIMPLEMENTED after the gate).
 
 /// Calls `$m!` with every RPC of `grpc.AgentService`, in proto order.
 macro_rules! with_agent_rpcs {
@@ -24,8 +25,8 @@ macro_rules! with_agent_rpcs {
             (RemoveStaleVirtiofsShareMounts, remove_stale_virtiofs_share_mounts, RemoveStaleVirtiofsShareMountsRequest, Empty, unimplemented),
             (GetDiagnosticData, get_diagnostic_data, GetDiagnosticDataRequest, GetDiagnosticDataResponse, unimplemented),
             (WriteStdin, write_stdin, WriteStreamRequest, WriteStreamResponse, handled),
-            (ReadStdout, read_stdout, ReadStreamRequest, ReadStreamResponse, handled),
-            (ReadStderr, read_stderr, ReadStreamRequest, ReadStreamResponse, handled),
+            (ReadStdout, read_stdout, ReadStreamRequest, ReadStreamResponse, redacted),
+            (ReadStderr, read_stderr, ReadStreamRequest, ReadStreamResponse, redacted),
             (CloseStdin, close_stdin, CloseStdinRequest, Empty, handled),
             (TtyWinResize, tty_win_resize, TtyWinResizeRequest, Empty, handled),
             (UpdateInterface, update_interface, UpdateInterfaceRequest, Interface, handled),
@@ -51,7 +52,7 @@ macro_rules! with_agent_rpcs {
             (AddSwapPath, add_swap_path, AddSwapPathRequest, Empty, unimplemented),
             (GetVolumeStats, get_volume_stats, VolumeStatsRequest, VolumeStatsResponse, unimplemented),
             (ResizeVolume, resize_volume, ResizeVolumeRequest, Empty, unimplemented),
-            (SetPolicy, set_policy, SetPolicyRequest, Empty, unimplemented),
+            (SetPolicy, set_policy, SetPolicyRequest, Empty, handled),
         }
     };
 }

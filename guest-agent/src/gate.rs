@@ -38,7 +38,7 @@ macro_rules! define_endpoints {
 
             /// Whether the agent implements it (others answer UNIMPLEMENTED).
             pub fn is_handled(self) -> bool {
-                match self { $(Endpoint::$name => stringify!($kind) == "handled"),* }
+                match self { $(Endpoint::$name => stringify!($kind) != "unimplemented"),* }
             }
         }
     };
@@ -112,6 +112,13 @@ mod tests {
     fn every_proto_rpc_has_an_endpoint_in_order() {
         let ours: Vec<&str> = Endpoint::ALL.iter().map(|e| e.rpc_name()).collect();
         assert_eq!(ours, protocols::AGENT_RPCS);
+    }
+
+    #[test]
+    fn request_names_agree_with_the_policy_table() {
+        for ep in Endpoint::ALL {
+            assert_eq!(policy::request_name(ep.rpc_name()), Some(ep.request_name()), "{ep}");
+        }
     }
 
     struct DenyExec;

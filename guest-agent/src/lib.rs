@@ -10,6 +10,7 @@
 //! - [`agent`]: state (sandbox, containers, processes, streams) and the handlers;
 //! - [`runner`]: the single-threaded per-container helper process that owns youki's
 //!   `libcontainer` calls and the waits of the container's processes;
+//! - [`policy_gate`]: the Rego agent API policy as a gate check;
 //! - [`spec`]: what the agent enforces on a host-supplied OCI spec;
 //! - [`copy_file`]: `CopyFile` confined to the shared directory;
 //! - [`init`]: PID 1 duties (kernel filesystems, modules, reaping orphans).
@@ -36,6 +37,7 @@ mod endpoints;
 pub mod error;
 pub mod gate;
 pub mod init;
+pub mod policy_gate;
 pub mod net;
 pub mod runner;
 pub mod server;

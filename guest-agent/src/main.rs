@@ -28,6 +28,10 @@ struct Args {
     /// cgroup parent of the containers.
     #[arg(long, default_value = "/kata-cc")]
     cgroup_parent: String,
+    /// Agent API policy (Rego) enforced on every request. Default: allow everything
+    /// (development; TEE pods get theirs from measured initdata).
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Log filter (tracing syntax: info, debug, guest_agent=trace, ...).
     #[arg(long, default_value = "info")]
     log: String,
@@ -39,23 +43,50 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some(guest_agent::runner::HELPER_ARG) {
         std::process::exit(guest_agent::runner::helper_main());
     }
-    if let Err(e) = run() {
+    if std::process::id() == 1 {
+        pid1_main();
+    }
+    if let Err(e) = run(false) {
         eprintln!("kata-cc-agent: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let init_mode = std::process::id() == 1;
+/// PID 1 of the VM: never returns (an exiting init panics the kernel). Any failure is
+/// printed on the console and the VM is powered off.
+fn pid1_main() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("kata-cc-agent: FATAL: {info}; powering off");
+        guest_agent::init::power_off()
+    }));
+    // Still single-threaded: setting the environment is sound here.
+    std::env::set_var("PATH", guest_agent::init::DEFAULT_PATH);
+    guest_agent::init::ensure_console();
+    // Leaves the initramfs rootfs for a tmpfs root (re-executes /init when it does).
+    if let Err(e) = guest_agent::init::switch_root_if_needed() {
+        eprintln!("kata-cc-agent: FATAL: {:#}; powering off", anyhow::Error::new(e));
+        guest_agent::init::power_off();
+    }
+    match run(true) {
+        Ok(()) => eprintln!("kata-cc-agent: stopped; powering off"),
+        Err(e) => eprintln!("kata-cc-agent: FATAL: {e:#}; powering off"),
+    }
+    guest_agent::init::power_off()
+}
+
+fn run(init_mode: bool) -> anyhow::Result<()> {
+    // As PID 1 the arguments come from the kernel command line: use the defaults.
+    let args = if init_mode { Args::parse_from(["kata-cc-agent"]) } else { Args::parse() };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)
+        // As PID 1, stderr is the serial console: no colour escapes in the console log.
+        .with_ansi(!init_mode)
         .init();
     if init_mode {
-        guest_agent::init::mount_kernel_filesystems().context("set up the guest as PID 1")?;
-        guest_agent::init::load_modules_from_list(std::path::Path::new(guest_agent::init::MODULES_LIST))
-            .context("load kernel modules")?;
+        let started = std::time::Instant::now();
+        guest_agent::init::setup_guest(&args.cgroup_parent).context("set up the guest as PID 1")?;
+        tracing::info!("guest set up in {:?}", started.elapsed());
     }
     let listen = match (args.listen, init_mode) {
         (Some(l), _) => l,
@@ -69,13 +100,19 @@ fn run() -> anyhow::Result<()> {
         helper_exe: std::env::current_exe().context("find the agent executable")?,
         init_mode,
     };
+    let policy_src = match &args.policy {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("read policy {}", p.display()))?,
+        None => policy::builtin::ALLOW_ALL.to_string(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("start the async runtime")?;
     rt.block_on(async move {
-        let agent = Arc::new(Agent::new(cfg));
-        guest_agent::server::serve(&listen, agent, Gate::allow_all(), init_mode).await
+        let policy = Arc::new(guest_agent::policy_gate::PolicyCheck::new(&policy_src).context("load the agent policy")?);
+        let agent = Arc::new(Agent::new(cfg).with_policy(Arc::clone(&policy)));
+        let gate = Gate::allow_all().with_check(policy);
+        guest_agent::server::serve(&listen, agent, gate, init_mode).await
     })
 }

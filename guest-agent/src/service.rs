@@ -42,6 +42,28 @@ macro_rules! dispatch {
     }};
 }
 
+/// What a denied ReadStdout/ReadStderr returns in place of the process's output.
+pub const REDACTED: &[u8] = b"[kata-cc: output redacted by policy]\n";
+
+macro_rules! gated {
+    (redacted, $self:ident, $name:ident, $method:ident, $req:ident) => {{
+        // Read anyway, so the container never blocks on a full pipe, and redact.
+        let verdict = $self.gate.check(Endpoint::$name, &$req).await;
+        let mut r = dispatch!(handled, $self, $name, $method, $req);
+        if let (Err(d), Ok(resp)) = (&verdict, &mut r) {
+            if !resp.data.is_empty() {
+                tracing::debug!("{d}: output redacted");
+                resp.data = REDACTED.to_vec();
+            }
+        }
+        r
+    }};
+    ($kind:ident, $self:ident, $name:ident, $method:ident, $req:ident) => {{
+        $self.gate.check(Endpoint::$name, &$req).await.map_err(|d| ttrpc::Error::from(AgentError::from(d)))?;
+        dispatch!($kind, $self, $name, $method, $req)
+    }};
+}
+
 macro_rules! impl_agent_service {
     ($(($name:ident, $method:ident, $req:ident, $resp:ident, $kind:ident)),* $(,)?) => {
         #[async_trait::async_trait]
@@ -49,8 +71,7 @@ macro_rules! impl_agent_service {
             $(
                 async fn $method(&self, _ctx: &TtrpcContext, req: $req) -> ttrpc::Result<$resp> {
                     tracing::debug!(rpc = stringify!($name), "request");
-                    self.gate.check(Endpoint::$name, &req).await.map_err(|d| ttrpc::Error::from(AgentError::from(d)))?;
-                    let r = dispatch!($kind, self, $name, $method, req);
+                    let r = gated!($kind, self, $name, $method, req);
                     if let Err(e) = &r {
                         tracing::info!(rpc = stringify!($name), "failed: {e:?}");
                     }

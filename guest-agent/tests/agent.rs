@@ -24,7 +24,18 @@ struct TestAgent {
 
 impl TestAgent {
     async fn start() -> TestAgent {
+        Self::start_with_policy(None).await
+    }
+
+    async fn start_with_policy(policy: Option<&str>) -> TestAgent {
         let dir = tempfile::tempdir().unwrap();
+        let mut extra = Vec::new();
+        if let Some(rego) = policy {
+            let path = dir.path().join("policy.rego");
+            std::fs::write(&path, rego).unwrap();
+            extra.push("--policy".to_string());
+            extra.push(path.display().to_string());
+        }
         let sock = dir.path().join("agent.sock");
         let cgroup_parent = format!("/kata-cc-test-{}-{}", std::process::id(), rand_suffix());
         let child = Command::new(env!("CARGO_BIN_EXE_kata-cc-agent"))
@@ -38,6 +49,7 @@ impl TestAgent {
             .arg(&cgroup_parent)
             .arg("--log")
             .arg("warn")
+            .args(&extra)
             .spawn()
             .unwrap();
         std::fs::create_dir_all(dir.path().join("shared")).unwrap();
@@ -555,4 +567,54 @@ async fn destroy_sandbox_kills_everything() {
     assert!(t.cgroup_dirs("a").is_empty() && t.cgroup_dirs("b").is_empty());
     let e = t.start_container("a").await.unwrap_err();
     assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+}
+
+const TEST_POLICY: &str = r#"package agent_policy
+import rego.v1
+default AllowAll := true
+CreateContainerRequest if AllowAll
+StartContainerRequest if AllowAll
+WaitProcessRequest if AllowAll
+RemoveContainerRequest if AllowAll
+default ReadStreamRequest := false
+ReadStreamRequest if input.container_id != "secret"
+default ExecProcessRequest := {"allowed": false, "reason": "no exec in this pod"}
+SetPolicyRequest if AllowAll
+"#;
+
+#[tokio::test]
+async fn policy_gates_every_request_redacts_logs_and_set_policy_replaces_it() {
+    let t = TestAgent::start_with_policy(Some(TEST_POLICY)).await;
+    // Allowed by the policy.
+    t.run("secret", &["sh", "-c", "echo top-secret; sleep 1000"]).await;
+    // Denied log reads are redacted, not failed (the container must not stall).
+    let first = t.read("secret", "", true).await.unwrap();
+    assert_eq!(first, b"[kata-cc: output redacted by policy]\n");
+    // Exec is refused with the policy's reason.
+    let e = t.exec("secret", "x", &["true"], false).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::PERMISSION_DENIED);
+    assert!(message(&e).contains("no exec in this pod"), "{}", message(&e));
+    // No rule for StatsContainer: default deny.
+    let mut r = pb::StatsContainerRequest::new();
+    r.container_id = "secret".into();
+    let e = t.client.agent().stats_container(t.client.context(), &r).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::PERMISSION_DENIED);
+    // A policy that does not parse is refused and the old one stays.
+    let mut sp = pb::SetPolicyRequest::new();
+    sp.policy = "package agent_policy\nthis is not rego".into();
+    let e = t.client.agent().set_policy(t.client.context(), &sp).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{}", message(&e));
+    assert_eq!(code(&t.exec("secret", "x", &["true"], false).await.unwrap_err()), ttrpc::Code::PERMISSION_DENIED);
+    // SetPolicy (allowed by the current policy) installs a new one.
+    sp.policy = policy::builtin::ALLOW_ALL.to_string();
+    t.client.agent().set_policy(t.client.context(), &sp).await.unwrap();
+    t.exec("secret", "x", &["true"], false).await.unwrap();
+    assert_eq!(t.wait("secret", "x").await.unwrap(), 0);
+    // ... and a policy that forbids SetPolicy locks itself in.
+    sp.policy = policy::builtin::DENY_ALL.to_string();
+    t.client.agent().set_policy(t.client.context(), &sp).await.unwrap();
+    sp.policy = policy::builtin::ALLOW_ALL.to_string();
+    let e = t.client.agent().set_policy(t.client.context(), &sp).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::PERMISSION_DENIED);
+    t.client.check().await.unwrap();
 }
