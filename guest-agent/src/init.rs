@@ -264,9 +264,9 @@ pub const SWITCHED_ROOT_ENV: &str = "KATA_CC_SWITCHED_ROOT";
 /// Where the tmpfs root is assembled before it is moved over `/`.
 const NEW_ROOT: &str = "/newroot";
 
-/// Top-level entries of the initramfs not copied into the tmpfs root (only recreated as
-/// empty directories): the new root itself and the kernel filesystems' mount points.
-const NOT_COPIED: &[&str] = &["newroot", "proc", "sys", "dev"];
+/// Top-level directories of the initramfs recreated empty in the tmpfs root: the kernel
+/// filesystems' mount points. (The new root itself is not copied at all.)
+const NOT_COPIED: &[&str] = &["proc", "sys", "dev"];
 
 /// The filesystem type of the mount at `/` in a `/proc/<pid>/mountinfo` text (the last
 /// one, if several are stacked).
@@ -328,7 +328,7 @@ pub fn switch_root_if_needed() -> Result<(), InitError> {
 
 /// Copies the tree below `src` into `dst`, keeping types, modes, owners and symlinks.
 /// Directories on another device than `dev` (mount points) and, at the top level, the
-/// names in [`NOT_COPIED`] are recreated empty.
+/// names in [`NOT_COPIED`] are recreated empty; [`NEW_ROOT`] is skipped.
 fn copy_tree(src: &Path, dst: &Path, dev: u64, top: bool) -> Result<(), InitError> {
     let err = |p: &Path| {
         let path = p.display().to_string();
@@ -340,6 +340,9 @@ fn copy_tree(src: &Path, dst: &Path, dev: u64, top: bool) -> Result<(), InitErro
         let to = dst.join(entry.file_name());
         let meta = std::fs::symlink_metadata(&from).map_err(err(&from))?;
         let ft = meta.file_type();
+        if top && from == Path::new(NEW_ROOT) {
+            continue;
+        }
         let skip_content = top && NOT_COPIED.iter().any(|n| entry.file_name() == *n);
         if ft.is_symlink() {
             let target = std::fs::read_link(&from).map_err(err(&from))?;

@@ -11,7 +11,7 @@ use protocols::{AgentAddr, AgentClient, ConnectOptions};
 
 /// How to get what these tests need (CI does both).
 pub const SETUP: &str =
-    "run `hypervisor/tests/setup-host.sh` and `deploy/guest/build-image.sh --variant test --out target/guest/test`";
+    "run `hypervisor/tests/setup-host.sh` and `deploy/guest/build-image.sh --variant test`";
 
 /// Where the baked busybox rootfs lives inside the test image.
 pub const GUEST_ROOTFS: &str = "/run/kata-containers/shared/containers/busybox/rootfs";
@@ -27,17 +27,21 @@ pub struct GuestImage {
     pub kernel_release: String,
 }
 
-/// Finds the test image (`KATA_CC_GUEST_DIR`, default `<repo>/target/guest/test`) or panics
-/// saying how to build it.
+/// Finds the test image (`KATA_CC_GUEST_DIR`, default `<repo>/target/guest-image/test`, where
+/// `deploy/guest/build-image.sh --variant test` puts it) or panics saying how to build it.
 pub fn guest_image() -> GuestImage {
     let dir = std::env::var_os("KATA_CC_GUEST_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/test")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-image/test")
     });
     let kernel = dir.join("vmlinuz");
     let initramfs = dir.join("initramfs.cpio.gz");
     assert!(kernel.is_file() && initramfs.is_file(), "no guest image in {}: {SETUP}", dir.display());
-    let release = std::fs::read_to_string(dir.join("kernel-release"))
-        .unwrap_or_else(|e| panic!("{}/kernel-release: {e}: {SETUP}", dir.display()));
+    let manifest = std::fs::read_to_string(dir.join("manifest.txt"))
+        .unwrap_or_else(|e| panic!("{}/manifest.txt: {e}: {SETUP}", dir.display()));
+    let release = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel_release="))
+        .unwrap_or_else(|| panic!("no kernel_release in {}/manifest.txt", dir.display()));
     GuestImage { kernel, initramfs, kernel_release: release.trim().to_string() }
 }
 
@@ -77,6 +81,11 @@ pub struct PodVm {
 impl PodVm {
     /// Boots the test image with `memory_mib` and waits up to 90 s for the agent.
     pub async fn boot(name: &str, memory_mib: u64) -> PodVm {
+        Self::boot_with(name, memory_mib, Vec::new()).await
+    }
+
+    /// Like [`PodVm::boot`], with NICs.
+    pub async fn boot_with(name: &str, memory_mib: u64, net: Vec<hypervisor::NetDevice>) -> PodVm {
         let image = guest_image();
         let dir = tempfile::tempdir().unwrap();
         let mut spec = VmSpec::new(format!("e2e-{name}"), &image.kernel, dir.path().join("state"));
@@ -84,6 +93,7 @@ impl PodVm {
         spec.memory_mib = memory_mib;
         spec.console_log = Some(dir.path().join("console.log"));
         spec.boot_timeout = Duration::from_secs(30);
+        spec.net = net;
         let started = Instant::now();
         let vm = qemu_hypervisor().start(spec).await.unwrap_or_else(|e| panic!("start VM: {e:?}"));
         let addr: AgentAddr = vm.agent_address().to_string().parse().unwrap();
