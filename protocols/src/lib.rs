@@ -11,7 +11,8 @@
 //! * [`AGENT_RPCS`] and [`HEALTH_RPCS`], the method names read from the proto files,
 //!   so a test elsewhere can prove that every method passes the agent's policy gate;
 //! * [`AgentAddr`], the `vsock://CID:PORT`, `hvsock://PATH:PORT` and `unix://PATH`
-//!   addresses, and [`AgentClient`], which dials one of them.
+//!   addresses, and [`AgentClient`], which dials one of them;
+//! * [`initdata`], the measured pod configuration: TOML, annotation, block device, digests.
 //!
 //! # Example
 //!
@@ -39,6 +40,7 @@
 
 pub mod addr;
 pub mod client;
+pub mod initdata;
 /// Conversion between the wire spec ([`oci`]) and the `oci-spec` runtime types.
 pub mod convert;
 

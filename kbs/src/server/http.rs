@@ -14,9 +14,9 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, CO
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use kbs_types::{Attestation, TeePubKey};
+use protocols::initdata;
 use rand_core::{OsRng, RngCore};
 use serde::Deserialize;
-use sha2::Digest;
 use tokio::net::TcpListener;
 
 use super::binding::{self, PROTOCOL_VERSION};
@@ -414,28 +414,6 @@ fn with_session<T>(
     f(sess)
 }
 
-/// The initdata digest (algorithm from the TOML, over the body as sent).
-fn initdata_digest(body: &str) -> Result<Vec<u8>, String> {
-    #[derive(Deserialize)]
-    struct Head {
-        algorithm: String,
-    }
-    let h: Head =
-        toml::from_str(body).map_err(|e| format!("init-data is not initdata TOML: {e}"))?;
-    Ok(match h.algorithm.as_str() {
-        "sha256" => sha2::Sha256::digest(body.as_bytes()).to_vec(),
-        "sha384" => sha2::Sha384::digest(body.as_bytes()).to_vec(),
-        "sha512" => sha2::Sha512::digest(body.as_bytes()).to_vec(),
-        a => return Err(format!("init-data algorithm {a:?} unsupported")),
-    })
-}
-
-fn fit(d: &[u8], n: usize) -> Vec<u8> {
-    let mut v = d[..d.len().min(n)].to_vec();
-    v.resize(n, 0);
-    v
-}
-
 async fn attest(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Fail> {
     let id = cookie(&req);
     let b = body(state, req).await?;
@@ -494,10 +472,21 @@ async fn attest(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Fail
                 init.format
             )));
         }
-        let d = initdata_digest(&init.body).map_err(Fail::bad_request)?;
+        // The digest is over the body as sent, with the algorithm it names.
+        let parsed = initdata::InitData::parse(&init.body)
+            .map_err(|e| Fail::bad_request(format!("init-data: {}", chain(&e))))?;
+        let d = initdata::digest(parsed.algorithm, init.body.as_bytes());
         let (field, want, got) = match (&claims.snp, &claims.tdx) {
-            (Some(s), _) => ("HOST_DATA", fit(&d, 32), s.host_data.0.to_vec()),
-            (_, Some(t)) => ("MRCONFIGID", fit(&d, 48), t.mrconfigid.0.to_vec()),
+            (Some(s), _) => (
+                "HOST_DATA",
+                initdata::host_data(&d).to_vec(),
+                s.host_data.0.to_vec(),
+            ),
+            (_, Some(t)) => (
+                "MRCONFIGID",
+                initdata::mrconfigid(&d).to_vec(),
+                t.mrconfigid.0.to_vec(),
+            ),
             _ => return Err(Fail::internal("claims without TEE details")),
         };
         if want != got {

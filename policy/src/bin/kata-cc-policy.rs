@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use policy::gen::{self, ImageStore, InitData, Settings};
 use policy::{BodyOutcome, PolicyEngine};
+use protocols::initdata;
 
 #[derive(Parser)]
 #[command(name = "kata-cc-policy", version, about = "Author and check kata-cc agent policies")]
@@ -108,12 +109,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let docs = gen::load_files(&yaml)?;
             let out = gen::generate(docs, &store, &settings)?;
             for p in &out.policies {
-                let digest = InitData::digest_of(&p.initdata)?;
+                let init = InitData::parse(&p.initdata)?;
                 eprintln!(
-                    "{}: {} containers, initdata sha256 {}",
+                    "{}: {} containers, initdata {} {}",
                     p.workload,
                     p.data.containers.len(),
-                    hex::encode(&digest.digest)
+                    init.algorithm,
+                    hex::encode(initdata::digest(init.algorithm, p.initdata.as_bytes()))
                 );
                 for c in &p.data.containers {
                     eprintln!("  {} {}: {}", c.kind, c.name, c.image);
@@ -215,14 +217,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             for (label, toml) in documents {
-                let d = InitData::digest_of(&toml).with_context(|| label.clone())?;
+                let algorithm = InitData::parse(&toml).with_context(|| label.clone())?.algorithm;
+                let digest = initdata::digest(algorithm, toml.as_bytes());
+                let host_data = initdata::host_data(&digest);
+                let mrconfigid = initdata::mrconfigid(&digest);
                 println!("{label}");
-                println!("  algorithm:             {}", d.algorithm.name());
-                println!("  digest:                {}", hex::encode(&d.digest));
-                println!("  SNP HOST_DATA (32 B):  {}", hex::encode(d.snp_host_data()));
-                println!("  SNP host-data (base64): {}", b64(&d.snp_host_data()));
-                println!("  TDX MRCONFIGID (48 B): {}", hex::encode(d.tdx_mrconfigid()));
-                println!("  TDX mrconfigid (base64): {}", b64(&d.tdx_mrconfigid()));
+                println!("  algorithm:             {algorithm}");
+                println!("  digest:                {}", hex::encode(&digest));
+                println!("  SNP HOST_DATA (32 B):  {}", hex::encode(host_data));
+                println!("  SNP host-data (base64): {}", b64(&host_data));
+                println!("  TDX MRCONFIGID (48 B): {}", hex::encode(mrconfigid));
+                println!("  TDX mrconfigid (base64): {}", b64(&mrconfigid));
             }
             Ok(ExitCode::SUCCESS)
         }

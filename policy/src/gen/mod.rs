@@ -55,9 +55,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use image::{ImageConfig, ImageError, ImageRef, ImageStore, ResolvedImage};
-pub use initdata::{
-    decode_annotation, encode_annotation, Algorithm, InitData, InitDataDigest, InitDataError,
-};
+pub use initdata::{decode_annotation, encode_annotation, Algorithm, InitData, InitDataError};
 pub use k8s::{load_files, parse_str, workloads, Document, K8sError, Workload};
 pub use pod::PodError;
 pub use review::{diff, request_errors, split_policy, DiffReport, ReviewError};
@@ -66,7 +64,7 @@ pub use review::{diff, request_errors, split_policy, DiffReport, ReviewError};
 pub const RULES: &str = include_str!("../../rego/rules.rego");
 
 /// The annotation carrying the initdata: base64(gzip(TOML)).
-pub const INITDATA_ANNOTATION: &str = "io.katacontainers.config.hypervisor.cc_init_data";
+pub use protocols::initdata::ANNOTATION as INITDATA_ANNOTATION;
 
 /// Our annotation listing the commands `ExecProcess` may run: a JSON list of argv arrays
 /// (for every container) or an object from container name to such a list.
@@ -469,7 +467,7 @@ pub fn generate(
                 .map_err(|e| GenError::Pod { workload: label.clone(), source: Box::new(e) })?;
             let rego = render_policy(&pinned.data)?;
             let initdata = InitData::with_policy(Algorithm::Sha256, &rego).to_toml();
-            let annotation = encode_annotation(&initdata)?;
+            let annotation = encode_annotation(initdata.as_bytes())?;
             if workload.apply(doc, &pinned.images, &annotation).is_none() {
                 return Err(GenError::Serialize {
                     what: "YAML",
