@@ -42,7 +42,7 @@ modules=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virt
 
 log() { echo "==> $*" >&2; }
 die() { echo "build-image: $*" >&2; exit 1; }
-for tool in apt-get apt-cache dpkg-deb cpio gzip xz objcopy readelf strip sha256sum; do
+for tool in apt-get apt-cache dpkg-deb cpio gzip xz objcopy readelf strip sha256sum gcc; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 
@@ -147,6 +147,12 @@ for m in "${modules[@]}"; do
     loaded+=("$m")
     echo "/lib/modules/kata-cc/$m.ko" >>"$stage/etc/kata-cc/modules.load"
 done
+
+# The sandbox's pause container (both variants): a static binary in its own rootfs.
+pause_root=$stage/run/kata-containers/shared/containers/pause/rootfs
+mkdir -p "$pause_root"/{proc,sys,dev,tmp}
+gcc -static -Os -s -Wall -Werror -ffile-prefix-map="$repo"=/src -o "$pause_root/pause" "$repo/deploy/guest/pause.c"
+chmod 755 "$pause_root/pause"
 
 if [[ $variant == test ]]; then
     rootfs=$stage/run/kata-containers/shared/containers/busybox/rootfs

@@ -107,7 +107,23 @@ async fn container_in_vm_sees_guest_kernel_and_cgroup_v2_limits() {
     assert_eq!(wait(a, "oom", "").await, 137);
     assert_eq!(ev.await.unwrap().unwrap().container_id, "oom");
 
-    for id in ["uname", "svc", "oom"] {
+    // The sandbox's pause container from the guest image: runs until SIGTERM, exits 0.
+    let mut pause = spec(&["/pause"]);
+    let mut root = pause.root().clone().unwrap();
+    root.set_path(PathBuf::from("/run/kata-containers/shared/containers/pause/rootfs"));
+    pause.set_root(Some(root));
+    create_start(a, "pause", &pause).await;
+    let mut w = pb::WaitProcessRequest::new();
+    w.container_id = "pause".into();
+    let still = tokio::time::timeout(Duration::from_millis(500), a.agent().wait_process(context_with(Duration::from_secs(60)), &w)).await;
+    assert!(still.is_err(), "pause exited on its own: {still:?}");
+    let mut sig = pb::SignalProcessRequest::new();
+    sig.container_id = "pause".into();
+    sig.signal = 15;
+    a.agent().signal_process(a.context(), &sig).await.unwrap();
+    assert_eq!(wait(a, "pause", "").await, 0);
+
+    for id in ["uname", "svc", "oom", "pause"] {
         let mut r = pb::RemoveContainerRequest::new();
         r.container_id = id.into();
         a.agent().remove_container(a.context(), &r).await.unwrap();
