@@ -37,6 +37,7 @@ mod endpoints;
 pub mod error;
 pub mod gate;
 pub mod init;
+pub mod initdata;
 pub mod policy_gate;
 pub mod net;
 pub mod runner;

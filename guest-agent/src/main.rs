@@ -88,6 +88,14 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
         guest_agent::init::setup_guest(&args.cgroup_parent).context("set up the guest as PID 1")?;
         tracing::info!("guest set up in {:?}", started.elapsed());
     }
+    // As PID 1: the measured configuration from the initdata disk, if the host attached
+    // one. A disk that does not parse is fatal (the error powers the VM off).
+    let initdata = if init_mode { guest_agent::initdata::load().context("initdata")? } else { None };
+    if let Some(d) = &initdata {
+        let has_policy = if d.init.policy().is_some() { "yes" } else { "no" };
+        let (device, algorithm, digest) = (d.device.display(), d.init.algorithm, d.digest_hex());
+        tracing::info!("initdata: {device} digest {algorithm}:{digest} (policy.rego: {has_policy})");
+    }
     let listen = match (args.listen, init_mode) {
         (Some(l), _) => l,
         (None, true) => "vsock://-1:1024".to_string(),
@@ -102,7 +110,12 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
     };
     let policy_src = match &args.policy {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("read policy {}", p.display()))?,
-        None => policy::builtin::ALLOW_ALL.to_string(),
+        None => match initdata.as_ref().and_then(|d| d.init.policy()) {
+            Some(rego) => rego.to_string(),
+            // No initdata policy: allow everything (development). TEE pods will get
+            // `default-tee` here once attestation lands.
+            None => policy::builtin::ALLOW_ALL.to_string(),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

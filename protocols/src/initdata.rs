@@ -43,6 +43,10 @@ pub const ANNOTATION: &str = "io.katacontainers.config.hypervisor.cc_init_data";
 /// The magic that starts the initdata block device.
 pub const DEVICE_MAGIC: [u8; 8] = *b"initdata";
 
+/// The virtio serial of the initdata disk: the host attaches the device image with it and
+/// the guest finds the disk by it (`/sys/block/vd*/serial`).
+pub const INITDATA_DISK_SERIAL: &str = "initdata";
+
 /// The device image is padded to a multiple of this many bytes.
 pub const DEVICE_SECTOR: usize = 512;
 

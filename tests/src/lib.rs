@@ -86,6 +86,16 @@ impl PodVm {
 
     /// Like [`PodVm::boot`], with NICs.
     pub async fn boot_with(name: &str, memory_mib: u64, net: Vec<hypervisor::NetDevice>) -> PodVm {
+        Self::boot_with_disks(name, memory_mib, net, Vec::new()).await
+    }
+
+    /// Like [`PodVm::boot`], with NICs and read-only disks.
+    pub async fn boot_with_disks(
+        name: &str,
+        memory_mib: u64,
+        net: Vec<hypervisor::NetDevice>,
+        disks: Vec<hypervisor::Disk>,
+    ) -> PodVm {
         let image = guest_image();
         let dir = tempfile::tempdir().unwrap();
         let mut spec = VmSpec::new(format!("e2e-{name}"), &image.kernel, dir.path().join("state"));
@@ -94,6 +104,7 @@ impl PodVm {
         spec.console_log = Some(dir.path().join("console.log"));
         spec.boot_timeout = Duration::from_secs(30);
         spec.net = net;
+        spec.disks = disks;
         let started = Instant::now();
         let vm = qemu_hypervisor().start(spec).await.unwrap_or_else(|e| panic!("start VM: {e:?}"));
         let addr: AgentAddr = vm.agent_address().to_string().parse().unwrap();
