@@ -123,3 +123,55 @@ impl PodVm {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 }
+
+/// A spec running `args` in the image's baked busybox rootfs (read-only; the sandbox,
+/// not the spec, names the host).
+pub fn guest_spec(args: &[&str]) -> oci_spec::runtime::Spec {
+    let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_hostname(None);
+    let mut root = spec.root().clone().unwrap();
+    root.set_path(PathBuf::from(GUEST_ROOTFS));
+    root.set_readonly(Some(true));
+    spec.set_root(Some(root));
+    let mut p = spec.process().clone().unwrap();
+    p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+    p.set_terminal(Some(false));
+    spec.set_process(Some(p));
+    spec
+}
+
+/// CreateContainer + StartContainer, panicking on failure.
+pub async fn create_start(a: &AgentClient, id: &str, spec: &oci_spec::runtime::Spec) {
+    use protocols::agent as pb;
+    let mut r = pb::CreateContainerRequest::new();
+    r.container_id = id.into();
+    r.OCI = protocols::protobuf::MessageField::some(protocols::convert::spec_to_grpc(spec));
+    a.agent().create_container(protocols::context_with(Duration::from_secs(60)), &r).await.unwrap();
+    let mut s = pb::StartContainerRequest::new();
+    s.container_id = id.into();
+    a.agent().start_container(a.context(), &s).await.unwrap();
+}
+
+/// Reads a process's stdout (`exec` empty: the init) to end of stream.
+pub async fn read_stdout_all(a: &AgentClient, id: &str, exec: &str) -> String {
+    let mut r = protocols::agent::ReadStreamRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec.into();
+    r.len = 4096;
+    let mut out = Vec::new();
+    loop {
+        let d = a.agent().read_stdout(protocols::context_with(Duration::from_secs(60)), &r).await.unwrap().data;
+        if d.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend(d);
+    }
+}
+
+/// WaitProcess; returns the status.
+pub async fn wait_status(a: &AgentClient, id: &str, exec: &str) -> i32 {
+    let mut r = protocols::agent::WaitProcessRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec.into();
+    a.agent().wait_process(protocols::context_with(Duration::from_secs(60)), &r).await.unwrap().status
+}

@@ -3,16 +3,14 @@
 //! and enforces the `policy.rego` it carries.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hypervisor::{Disk, Hypervisor, VmExit, VmSpec};
-use kata_cc_tests::{guest_image, qemu_hypervisor, PodVm, GUEST_ROOTFS};
-use oci_spec::runtime::Spec;
+use kata_cc_tests::{guest_image, guest_spec as spec, qemu_hypervisor, read_stdout_all as read_all, PodVm};
 use protocols::agent as pb;
 use protocols::initdata::{self, Algorithm, InitData, INITDATA_DISK_SERIAL};
 use protocols::protobuf::MessageField;
-use protocols::{context_with, AgentClient};
+use protocols::context_with;
 
 const EXEC_DENIED: &str = "exec is forbidden by the initdata policy";
 
@@ -25,34 +23,6 @@ fn policy_without_exec() -> String {
         rule,
         &format!("default ExecProcessRequest := {{\"allowed\": false, \"reason\": \"{EXEC_DENIED}\"}}\n"),
     )
-}
-
-fn spec(args: &[&str]) -> Spec {
-    let mut spec = Spec::default();
-    spec.set_hostname(None);
-    let mut root = spec.root().clone().unwrap();
-    root.set_path(PathBuf::from(GUEST_ROOTFS));
-    root.set_readonly(Some(true));
-    spec.set_root(Some(root));
-    let mut p = spec.process().clone().unwrap();
-    p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-    p.set_terminal(Some(false));
-    spec.set_process(Some(p));
-    spec
-}
-
-async fn read_all(a: &AgentClient, id: &str) -> String {
-    let mut r = pb::ReadStreamRequest::new();
-    r.container_id = id.into();
-    r.len = 4096;
-    let mut out = Vec::new();
-    loop {
-        let d = a.agent().read_stdout(context_with(Duration::from_secs(60)), &r).await.unwrap().data;
-        if d.is_empty() {
-            return String::from_utf8_lossy(&out).into_owned();
-        }
-        out.extend(d);
-    }
 }
 
 #[tokio::test]
@@ -111,7 +81,7 @@ async fn initdata_disk_policy_is_enforced_and_digest_logged() {
     a.agent().create_container(context_with(Duration::from_secs(60)), &r).await.unwrap();
     s.container_id = "once".into();
     a.agent().start_container(a.context(), &s).await.unwrap();
-    assert_eq!(read_all(a, "once").await, "done\n");
+    assert_eq!(read_all(a, "once", "").await, "done\n");
 
     for id in ["svc", "once"] {
         let mut rm = pb::RemoveContainerRequest::new();

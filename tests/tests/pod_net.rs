@@ -10,8 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use kata_cc_tests::{PodVm, GUEST_ROOTFS};
-use oci_spec::runtime::Spec;
+use kata_cc_tests::{create_start, guest_spec, read_stdout_all, PodVm};
 use protocols::agent as pb;
 use protocols::protobuf::MessageField;
 use protocols::context_with;
@@ -87,49 +86,22 @@ async fn container_in_vm_reaches_http_server_on_host_side() {
     ur.routes = MessageField::some(routes);
     a.agent().update_routes(a.context(), &ur).await.unwrap();
 
-    let mut spec = Spec::default();
-    spec.set_hostname(None);
-    let mut root = spec.root().clone().unwrap();
-    root.set_path(PathBuf::from(GUEST_ROOTFS));
-    root.set_readonly(Some(true));
-    spec.set_root(Some(root));
-    let mut p = spec.process().clone().unwrap();
     // A raw HTTP/1.0 request through busybox nc (busybox-static's wget crashes under
     // TCG in this guest; nc exercises the same network path).
-    p.set_args(Some(vec![
-        "/bin/busybox".into(),
-        "sh".into(),
-        "-c".into(),
-        format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 20 10.207.{n}.1 {port} || {{ /bin/busybox ip addr >&2; /bin/busybox ip route >&2; exit 1; }}"),
-    ]));
-    p.set_terminal(Some(false));
-    spec.set_process(Some(p));
-    let mut r = pb::CreateContainerRequest::new();
-    r.container_id = "web".into();
-    r.OCI = MessageField::some(protocols::convert::spec_to_grpc(&spec));
-    a.agent().create_container(context_with(Duration::from_secs(60)), &r).await.unwrap();
-    let mut s = pb::StartContainerRequest::new();
-    s.container_id = "web".into();
-    a.agent().start_container(a.context(), &s).await.unwrap();
+    let request = format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 20 10.207.{n}.1 {port} || {{ /bin/busybox ip addr >&2; /bin/busybox ip route >&2; exit 1; }}"
+    );
+    create_start(a, "web", &guest_spec(&["/bin/busybox", "sh", "-c", &request])).await;
+    let out = read_stdout_all(a, "web", "").await;
 
     let mut rd = pb::ReadStreamRequest::new();
     rd.container_id = "web".into();
-    rd.len = 4096;
-    let mut out = Vec::new();
-    loop {
-        let d = a.agent().read_stdout(context_with(Duration::from_secs(60)), &rd).await.unwrap().data;
-        if d.is_empty() {
-            break;
-        }
-        out.extend(d);
-    }
     rd.len = 65536;
     let err = a.agent().read_stderr(context_with(Duration::from_secs(60)), &rd).await.unwrap().data;
     let mut w = pb::WaitProcessRequest::new();
     w.container_id = "web".into();
     let status = a.agent().wait_process(context_with(Duration::from_secs(60)), &w).await.unwrap().status;
-    let out = String::from_utf8_lossy(&out);
-    assert_eq!(status, 0, "wget failed: {}\nconsole:\n{}", String::from_utf8_lossy(&err), pod.console());
+    assert_eq!(status, 0, "nc failed: {}\nconsole:\n{}", String::from_utf8_lossy(&err), pod.console());
     // The server saw the pod's own address: traffic went VM -> tap -> veth -> host.
     assert!(out.ends_with(&format!("\r\n\r\nhello pod, you are 10.207.{n}.2")), "{out:?}");
     serve.join().unwrap();

@@ -6,57 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hypervisor::{CrashKind, VmExit};
-use kata_cc_tests::{PodVm, GUEST_ROOTFS};
-use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
+use kata_cc_tests::{create_start, guest_spec as spec, read_stdout_all as read_all, wait_status as wait, PodVm};
+use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
 use protocols::agent as pb;
 use protocols::protobuf::MessageField;
-use protocols::{context_with, AgentClient};
-
-fn spec(args: &[&str]) -> Spec {
-    let mut spec = Spec::default();
-    spec.set_hostname(None);
-    let mut root = spec.root().clone().unwrap();
-    root.set_path(PathBuf::from(GUEST_ROOTFS));
-    root.set_readonly(Some(true));
-    spec.set_root(Some(root));
-    let mut p = spec.process().clone().unwrap();
-    p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-    p.set_terminal(Some(false));
-    spec.set_process(Some(p));
-    spec
-}
-
-async fn create_start(a: &AgentClient, id: &str, spec: &Spec) {
-    let mut r = pb::CreateContainerRequest::new();
-    r.container_id = id.into();
-    r.OCI = MessageField::some(protocols::convert::spec_to_grpc(spec));
-    a.agent().create_container(context_with(Duration::from_secs(60)), &r).await.unwrap();
-    let mut s = pb::StartContainerRequest::new();
-    s.container_id = id.into();
-    a.agent().start_container(a.context(), &s).await.unwrap();
-}
-
-async fn read_all(a: &AgentClient, id: &str, exec: &str) -> String {
-    let mut r = pb::ReadStreamRequest::new();
-    r.container_id = id.into();
-    r.exec_id = exec.into();
-    r.len = 4096;
-    let mut out = Vec::new();
-    loop {
-        let d = a.agent().read_stdout(context_with(Duration::from_secs(60)), &r).await.unwrap().data;
-        if d.is_empty() {
-            return String::from_utf8_lossy(&out).into_owned();
-        }
-        out.extend(d);
-    }
-}
-
-async fn wait(a: &AgentClient, id: &str, exec: &str) -> i32 {
-    let mut r = pb::WaitProcessRequest::new();
-    r.container_id = id.into();
-    r.exec_id = exec.into();
-    a.agent().wait_process(context_with(Duration::from_secs(60)), &r).await.unwrap().status
-}
+use protocols::context_with;
 
 #[tokio::test]
 async fn container_in_vm_sees_guest_kernel_and_cgroup_v2_limits() {
