@@ -3,8 +3,10 @@
 # socket and runs containers through it with kata-cc-agent-ctl, saying what happens at
 # each step. Run as root on Debian bookworm: `bash deploy/quickstart.sh`.
 #
-# Today this exercises the in-VM half (the agent and its containers) directly on this
-# machine; booting the pod VM, containerd and attestation join as they land.
+# Part 1 runs the guest agent as a plain process and containers through it. Part 2 boots
+# the pod VM (QEMU; TCG on this machine) from the reproducible guest image with the agent
+# as PID 1, and runs containers inside it over hybrid vsock. containerd (the shim) and
+# attestation join as they land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -76,4 +78,12 @@ ctl stats demo | grep -E "^  (memory_stats|pids_stats)|usage: |current: " | head
 ctl remove demo
 ctl destroy-sandbox
 
-say "done: the agent served every step over ttrpc; nothing is left running"
+say "part 1 done: the agent served every step over ttrpc; nothing is left running"
+
+say "part 2: QEMU 10, vhost-device-vsock and the guest kernel"
+bash hypervisor/tests/setup-host.sh
+say "part 2: building the guest image (static agent as PID 1, busybox test rootfs)"
+bash deploy/guest/build-image.sh --variant test
+say "part 2: booting the pod VM and running containers in it"
+bash deploy/guest/boot-smoke.sh --image target/guest-image/test
+say "done"
