@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Spec;
 use protocols::agent as pb;
 use protocols::protobuf::MessageField;
-use protocols::{context_with, AgentClient, ConnectOptions};
+use protocols::context_with;
 
 fn spec(root: &Path, args: &[&str]) -> Spec {
     let mut spec = Spec::default();
@@ -80,20 +80,14 @@ fn main() {
     std::fs::create_dir_all(&bundle).unwrap();
     std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec(&rootfs, &["true"])).unwrap()).unwrap();
 
-    let sock = dir.path().join("agent.sock");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_kata-cc-agent"))
-        .arg("--listen").arg(format!("unix://{}", sock.display()))
-        .arg("--shared-dir").arg(&shared)
-        .arg("--state-dir").arg(dir.path().join("state"))
-        .arg("--cgroup-parent").arg("/kata-cc-bench")
-        .arg("--log").arg("warn")
+    let mut agent = Command::new(common::AGENT_BIN)
+        .args(common::agent_args(dir.path(), "/kata-cc-bench"))
         .spawn()
         .unwrap();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (run_ours, exec_ours) = rt.block_on(async {
-        let addr = format!("unix://{}", sock.display()).parse().unwrap();
-        let c = AgentClient::wait_ready(&addr, ConnectOptions::default(), Instant::now() + Duration::from_secs(20)).await.unwrap();
+        let c = common::agent_client(dir.path()).await;
         let a = c.agent();
         let ctx = || context_with(Duration::from_secs(30));
         let true_spec = protocols::convert::spec_to_grpc(&spec(&rootfs, &["true"]));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
 use protocols::agent as pb;
 use protocols::protobuf::MessageField;
-use protocols::{context_with, AgentAddr, AgentClient, ConnectOptions};
+use protocols::{context_with, AgentClient, ConnectOptions};
 
 /// One agent process with its own directories and cgroup parent.
 struct TestAgent {
@@ -36,27 +36,13 @@ impl TestAgent {
             extra.push("--policy".to_string());
             extra.push(path.display().to_string());
         }
-        let sock = dir.path().join("agent.sock");
         let cgroup_parent = format!("/kata-cc-test-{}-{}", std::process::id(), rand_suffix());
-        let child = Command::new(env!("CARGO_BIN_EXE_kata-cc-agent"))
-            .arg("--listen")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--shared-dir")
-            .arg(dir.path().join("shared"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--cgroup-parent")
-            .arg(&cgroup_parent)
-            .arg("--log")
-            .arg("warn")
+        let child = Command::new(common::AGENT_BIN)
+            .args(common::agent_args(dir.path(), &cgroup_parent))
             .args(&extra)
             .spawn()
             .unwrap();
-        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
-        let addr: AgentAddr = format!("unix://{}", sock.display()).parse().unwrap();
-        let client = AgentClient::wait_ready(&addr, ConnectOptions::default(), Instant::now() + Duration::from_secs(20))
-            .await
-            .expect("agent did not come up");
+        let client = common::agent_client(dir.path()).await;
         TestAgent { child, dir, cgroup_parent, client }
     }
 

@@ -5,14 +5,15 @@
 //! AddARPNeighbors, and bad input. Run as root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use protocols::agent as pb;
 use protocols::protobuf::MessageField;
 use protocols::types::{ARPNeighbor, IPAddress, IPFamily, Interface, Route};
-use protocols::{AgentAddr, AgentClient, ConnectOptions};
+use protocols::AgentClient;
 use serde_json::Value;
 
 const MAC: &str = "02:00:00:00:aa:01";
@@ -68,26 +69,12 @@ impl NetAgent {
         ns.ip(&["link", "add", "kcc0", "address", MAC, "type", "veth", "peer", "name", "kcc0p"]);
         ns.ip(&["link", "set", "kcc0p", "up"]);
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("agent.sock");
-        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_kata-cc-agent")])
-            .arg("--listen")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--shared-dir")
-            .arg(dir.path().join("shared"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--cgroup-parent")
-            .arg(format!("/kata-cc-nettest-{}", std::process::id()))
-            .arg("--log")
-            .arg("warn")
+            .args(["netns", "exec", &ns.0, common::AGENT_BIN])
+            .args(common::agent_args(dir.path(), &format!("/kata-cc-nettest-{}", std::process::id())))
             .spawn()
             .unwrap();
-        let addr: AgentAddr = format!("unix://{}", sock.display()).parse().unwrap();
-        let client = AgentClient::wait_ready(&addr, ConnectOptions::default(), Instant::now() + Duration::from_secs(20))
-            .await
-            .expect("agent did not come up");
+        let client = common::agent_client(dir.path()).await;
         NetAgent { client, child, _dir: dir, ns }
     }
 

@@ -208,3 +208,36 @@ pub fn pid_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The path of the agent binary built for these tests.
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_kata-cc-agent");
+
+/// Arguments that make `kata-cc-agent` serve on `<dir>/agent.sock`, with its shared and
+/// state directories below `dir` and its containers' cgroups below `cgroup_parent`.
+/// Creates `<dir>/shared`.
+pub fn agent_args(dir: &Path, cgroup_parent: &str) -> Vec<std::ffi::OsString> {
+    fs::create_dir_all(dir.join("shared")).expect("mkdir shared");
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    args.push("--listen".into());
+    args.push(format!("unix://{}", dir.join("agent.sock").display()).into());
+    args.push("--shared-dir".into());
+    args.push(dir.join("shared").into());
+    args.push("--state-dir".into());
+    args.push(dir.join("state").into());
+    args.push("--cgroup-parent".into());
+    args.push(cgroup_parent.into());
+    args.push("--log".into());
+    args.push("warn".into());
+    args
+}
+
+/// A client of the agent started with [`agent_args`] for `dir`, once it answers
+/// Health.Check (within 20 s).
+pub async fn agent_client(dir: &Path) -> protocols::AgentClient {
+    let addr: protocols::AgentAddr =
+        format!("unix://{}", dir.join("agent.sock").display()).parse().expect("agent address");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    protocols::AgentClient::wait_ready(&addr, protocols::ConnectOptions::default(), deadline)
+        .await
+        .expect("agent did not come up")
+}
