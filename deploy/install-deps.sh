@@ -5,7 +5,13 @@ set -euo pipefail
 
 need_apt=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in busybox-static runc libseccomp-dev pkg-config; do
+# ovmf: Debian's OVMF.fd, for `kata-cc measure` and its tests (SNP digest of the firmware).
+for p in busybox-static runc libseccomp-dev pkg-config ovmf; do
+    have "$p" || need_apt+=("$p")
+done
+# image-rs tests and bench: a local registry and the tools that build and push fixtures
+# (tests/registry/start.sh).
+for p in docker-registry skopeo umoci openssl curl jq; do
     have "$p" || need_apt+=("$p")
 done
 if ((${#need_apt[@]})); then
