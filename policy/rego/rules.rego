@@ -324,11 +324,21 @@ nnp_errors(p) := [] if {
 } else := eq_err("OCI.Process.NoNewPrivileges", get(i_process, "NoNewPrivileges", false), true)
 
 # Every env var sent must be allowed; with `required`, every listed one must be sent.
+# Allowed: listed exactly, or matching one of the container's EnvRegex or the common
+# allow_env_regex. The patterns are tried as one alternation (each pattern that compiles on
+# its own, as a group of its own: the same strings match).
 env_errors(p, prefix, proc, required) := errs if {
 	env := iter(get(proc, "Env", []))
+	listed := {e | some e in p.process.Env}
+	patterns := [concat("", ["(?:", r, ")"]) |
+		some r in array.concat(p.process.EnvRegex, policy_data.common.allow_env_regex)
+		regex.is_valid(r)
+	]
+	re := concat("|", patterns)
 	unknown := [sprintf("%s.Env: sent %s, not allowed", [prefix, json.marshal(e)]) |
 		some e in env
-		not env_allowed(p, e)
+		not e in listed
+		not env_pattern_match(patterns, re, e)
 	]
 	missing := [sprintf("%s.Env: missing %s", [prefix, json.marshal(e)]) |
 		required
@@ -338,16 +348,9 @@ env_errors(p, prefix, proc, required) := errs if {
 	errs := array.concat(unknown, missing)
 }
 
-env_allowed(p, e) if e in p.process.Env
-
-env_allowed(p, e) if {
-	some pattern in p.process.EnvRegex
-	regex.match(pattern, e)
-}
-
-env_allowed(p, e) if {
-	some pattern in policy_data.common.allow_env_regex
-	regex.match(pattern, e)
+env_pattern_match(patterns, re, e) if {
+	count(patterns) > 0
+	regex.match(re, e)
 }
 
 caps_errors(p) := [sprintf("OCI.Process.Capabilities.%s: sent %s, not allowed (allowed: %s)", [kind, cap, json.marshal(p.process.Capabilities)]) |
@@ -371,13 +374,16 @@ mount_errors(p) := errs if {
 	errs := array.concat(unknown, missing)
 }
 
+# (The destination is compared first, inline: only those candidates are matched in full.)
 mount_allowed(p, m) if {
 	some pm in policy_data.common.default_mounts
+	pm.destination == m.destination
 	mount_matches(pm, m)
 }
 
 mount_allowed(p, m) if {
 	some pm in p.mounts
+	pm.destination == m.destination
 	mount_matches(pm, m)
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize as _;
@@ -240,6 +241,8 @@ pub struct PolicyEngine {
     base_data: regorus::Value,
     pstate: serde_json::Value,
     allow_failures: bool,
+    /// Top-level rule names of the policy (`default`s included), read once at load.
+    declared: Arc<BTreeSet<String>>,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -288,7 +291,22 @@ impl PolicyEngine {
             Some(_) => return Err(PolicyError::InvalidData { reason: "must be a JSON object" }),
         };
         let pstate = serde_json::Value::Object(serde_json::Map::new());
-        let engine = build_engine(source, &config, &base_data, &pstate)?;
+        if source.len() > config.max_policy_bytes {
+            return Err(PolicyError::PolicyTooLarge {
+                size: source.len(),
+                limit: config.max_policy_bytes,
+            });
+        }
+        let (rules, data) = hoist_constant_data(source, base_data);
+        let engine = build_engine(&rules, &config, &data, &pstate)?;
+        // The rule names that matter on the request path, looked up once.
+        let declared: BTreeSet<String> = crate::rpc::request_names()
+            .into_iter()
+            .chain([ALLOW_FAILURES_RULE])
+            .filter(|name| engine.has_declared_rule_rooted_at(POLICY_FILE, name).unwrap_or(false))
+            .map(str::to_owned)
+            .collect();
+        let base_data = data;
         let mut this = Self {
             engine,
             config,
@@ -296,6 +314,7 @@ impl PolicyEngine {
             base_data,
             pstate,
             allow_failures: false,
+            declared: Arc::new(declared),
         };
         this.allow_failures = this.read_allow_failures();
         Ok(this)
@@ -478,12 +497,18 @@ impl PolicyEngine {
     }
 
     /// Whether the policy declares a rule named `request_name` (a `default` counts).
+    ///
+    /// A constant `policy_data := {...}` at the end of the policy is served as data
+    /// (`data.agent_policy.policy_data`), not as a rule: see [`PolicyEngine::from_rego`].
     pub fn declares(&self, request_name: &str) -> bool {
+        if self.declared.contains(request_name) {
+            return true;
+        }
+        // Request names are looked up at load; other names (helpers) here.
         check_request_name(request_name).is_ok()
-            && self
-                .engine
-                .has_declared_rule_rooted_at(POLICY_FILE, request_name)
-                .unwrap_or(false)
+            && !crate::rpc::request_names().contains(&request_name)
+            && request_name != ALLOW_FAILURES_RULE
+            && self.engine.has_declared_rule_rooted_at(POLICY_FILE, request_name).unwrap_or(false)
     }
 
     /// The top-level rule names the policy declares, sorted.
@@ -545,18 +570,69 @@ impl PolicyEngine {
     }
 }
 
+/// The name of the data rule of generated policies (ours and genpolicy's).
+const POLICY_DATA_RULE: &str = "policy_data";
+
+/// Where [`hoist_constant_data`] puts a generated policy's data in the data document.
+const HOISTED: &str = "kata_cc_constants";
+
+/// Serve a trailing constant `policy_data := <JSON object>` from the data document.
+///
+/// Generated policies (ours and Kata genpolicy's) end with such a rule. As a literal,
+/// regorus rebuilds the whole object from its AST on every evaluation and re-analyses it
+/// whenever the policy state changes. Here the literal is parsed once, put in the data
+/// document as `data.kata_cc_constants.policy_data`, and the rule becomes
+/// `policy_data := data.kata_cc_constants.policy_data`: the same value. Only when the text
+/// after `:=` is exactly one JSON object up to the end of the file (a Rego object literal
+/// of JSON values denotes exactly that JSON value); anything else stays as written.
+///
+/// Returns the Rego text to load (the policy up to the rule, unchanged, so positions stay
+/// the same) and the data document.
+fn hoist_constant_data(source: &str, base_data: regorus::Value) -> (String, regorus::Value) {
+    let unchanged = |base_data| (source.to_owned(), base_data);
+    let marker = format!("\n{POLICY_DATA_RULE} := ");
+    let Some(at) = source.rfind(&marker) else { return unchanged(base_data) };
+    // Conservative: any other line that starts with `policy_data` (another definition, or
+    // a use this function does not need to tell apart) keeps the policy as written.
+    let elsewhere = source[..at].lines().any(|l| {
+        l.trim_start()
+            .strip_prefix(POLICY_DATA_RULE)
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+    });
+    if elsewhere {
+        return unchanged(base_data);
+    }
+    let Some(json) = source.get(at + marker.len()..) else { return unchanged(base_data) };
+    if !json.trim_start().starts_with('{') {
+        return unchanged(base_data);
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return unchanged(base_data);
+    };
+    let Ok(value) = regorus::Value::deserialize(&value) else { return unchanged(base_data) };
+    let taken = matches!(
+        base_data.as_object().map(|o| o.contains_key(&regorus::Value::from(HOISTED))),
+        Ok(true)
+    );
+    if taken {
+        return unchanged(base_data);
+    }
+    let mut data = base_data.clone();
+    let mut hoisted = regorus::Value::new_object();
+    let Ok(inner) = hoisted.as_object_mut() else { return unchanged(base_data) };
+    inner.insert(regorus::Value::from(POLICY_DATA_RULE), value);
+    let Ok(outer) = data.as_object_mut() else { return unchanged(base_data) };
+    outer.insert(regorus::Value::from(HOISTED), hoisted);
+    let text = format!("{}data.{HOISTED}.{POLICY_DATA_RULE}\n", &source[..at + marker.len()]);
+    (text, data)
+}
+
 fn build_engine(
     source: &str,
     config: &PolicyConfig,
     base_data: &regorus::Value,
     pstate: &serde_json::Value,
 ) -> Result<regorus::Engine, PolicyError> {
-    if source.len() > config.max_policy_bytes {
-        return Err(PolicyError::PolicyTooLarge {
-            size: source.len(),
-            limit: config.max_policy_bytes,
-        });
-    }
     // Rego v1, regorus' default and what Kata's agent (regorus pinned past 0.9) parses;
     // genpolicy's rules.rego and policies with `import future.keywords.*` load as v1.
     let mut engine = load(source, config)?;

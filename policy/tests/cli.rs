@@ -511,7 +511,7 @@ fn clear_errors() {
     let text = std::fs::read_to_string(yaml("web-pod.yaml")).unwrap().replace("nginx:1.25", "quay.io/nobody/nothing:1");
     let docs = gen::parse_str(std::path::Path::new("x.yaml"), &text).unwrap();
     let e = error_chain(&gen::generate(docs, &images.store(), &Settings::default()).unwrap_err());
-    assert!(e.contains("registry lookup not implemented yet; pass --oci-layout"), "{e}");
+    assert!(e.contains("no registry lookup asked for): pass --oci-layout"), "{e}");
 
     let text = std::fs::read_to_string(yaml("web-pod.yaml"))
         .unwrap()

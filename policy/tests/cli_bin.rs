@@ -147,7 +147,7 @@ fn gen_errors_exit_2_with_position() {
 
     let n = cli(&["gen", p(&yaml("web-pod.yaml"))]);
     assert_eq!(n.code, 2);
-    assert!(n.stderr.contains("registry lookup not implemented yet; pass --oci-layout"), "{}", n.stderr);
+    assert!(n.stderr.contains("(and no registry lookup asked for): pass --oci-layout (a layout holding it, tagged with its name) or --registry"), "{}", n.stderr);
 
     let s = cli(&["settings"]);
     assert_eq!(s.code, 0);

@@ -302,3 +302,36 @@ helper if {
     assert!(none.rules.is_empty());
     assert!(none.to_string().contains("no rule for ExecProcessRequest"));
 }
+
+#[test]
+fn trailing_constant_policy_data_is_served_as_data_with_the_same_value() {
+    let rules = r#"package agent_policy
+default ExecProcessRequest := false
+ExecProcessRequest if input.cmd in policy_data.allowed
+Names := policy_data.names
+"#;
+    let data = r#"{"allowed": ["ls", "cat"], "names": {"a": [1, 2.5, true, null, "x\"y\u00e9"]}}"#;
+    let hoisted = format!("{rules}\npolicy_data := {data}\n");
+    // The same rules with policy_data in a form that is not one JSON object: kept as Rego.
+    let literal = format!("{rules}\npolicy_data := object.union({data}, {{}})\n");
+    let want = serde_json::from_str::<serde_json::Value>(data).unwrap()["names"].clone();
+    for (label, rego) in [("hoisted", &hoisted), ("literal", &literal)] {
+        let mut e = PolicyEngine::from_rego(rego, None).unwrap_or_else(|err| panic!("{label}: {err:#}"));
+        assert!(e.evaluate("ExecProcessRequest", &json!({"cmd": "ls"})).unwrap().allowed, "{label}");
+        assert!(!e.evaluate("ExecProcessRequest", &json!({"cmd": "sh"})).unwrap().allowed, "{label}");
+        let names = PolicyEngine::from_rego(&rego.replace("Names :=", "ResizeVolumeRequest := {\"allowed\": false, \"reason\": json.marshal(policy_data.names)}\nNames :="), None)
+            .unwrap()
+            .evaluate("ResizeVolumeRequest", &json!({}))
+            .unwrap()
+            .reason
+            .unwrap();
+        assert!(names.contains(&want.to_string()), "{label}: {names}");
+        assert_eq!(e.source(), rego.as_str(), "{label}: source() is the text as given");
+    }
+    // Another definition of policy_data elsewhere: nothing is hoisted, the policy loads as
+    // written (and its conflict is regorus' to report at evaluation).
+    let twice = format!("{rules}\npolicy_data := {{\"allowed\": [\"sh\"]}} if input.x\n\npolicy_data := {data}\n");
+    let mut e = PolicyEngine::from_rego(&twice, None).unwrap();
+    assert!(e.evaluate("ExecProcessRequest", &json!({"cmd": "ls"})).unwrap().allowed);
+    assert!(matches!(e.evaluate("ExecProcessRequest", &json!({"cmd": "ls", "x": true})), Err(PolicyError::Eval { .. })));
+}

@@ -44,6 +44,20 @@ enum Command {
         /// Settings JSON (fields it omits keep the built-in defaults).
         #[arg(long)]
         settings: Option<PathBuf>,
+        /// Look up images that no layout holds in their registries (tags are pinned to the
+        /// digest they name now).
+        #[arg(long)]
+        registry: bool,
+        /// A registry spoken to over plain HTTP, `host:port` (repeatable).
+        #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+        insecure_registry: Vec<String>,
+        /// Registry credentials, `HOST=USER:PASSWORD` (repeatable).
+        #[arg(long = "registry-auth", value_name = "HOST=USER:PASSWORD")]
+        registry_auth: Vec<String>,
+        /// A docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json
+        /// or ~/.docker/config.json, if present).
+        #[arg(long = "docker-config")]
+        docker_config: Option<PathBuf>,
         /// Also write `<Kind>-<name>.rego` and `<Kind>-<name>.initdata.toml` here.
         #[arg(long = "rego-dir")]
         rego_dir: Option<PathBuf>,
@@ -94,7 +108,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Gen { yaml, output, oci_layout, image_config, settings, rego_dir } => {
+        Command::Gen {
+            yaml,
+            output,
+            oci_layout,
+            image_config,
+            settings,
+            rego_dir,
+            registry,
+            insecure_registry,
+            registry_auth,
+            docker_config,
+        } => {
             let settings = match settings {
                 Some(p) => Settings::load(&p)?,
                 None => Settings::default(),
@@ -105,6 +130,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             for d in &image_config {
                 store.add_layouts_in(d)?;
+            }
+            if registry {
+                let mut options = gen::RegistryOptions { insecure: insecure_registry, ..Default::default() };
+                for a in &registry_auth {
+                    options.add_auth(a)?;
+                }
+                let default_config = std::env::var_os("DOCKER_CONFIG")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+                    .map(|d| d.join("config.json"))
+                    .filter(|p| p.is_file());
+                if let Some(path) = docker_config.or(default_config) {
+                    options.add_docker_config(&path)?;
+                }
+                store = store.with_remote(Box::new(gen::Registry::new(options)?));
+            } else if !insecure_registry.is_empty() || !registry_auth.is_empty() || docker_config.is_some() {
+                bail!("--insecure-registry, --registry-auth and --docker-config need --registry");
             }
             let docs = gen::load_files(&yaml)?;
             let out = gen::generate(docs, &store, &settings)?;

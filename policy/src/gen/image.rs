@@ -1,5 +1,6 @@
 //! Image configs from OCI image layouts on disk (`oci-layout`, `index.json`,
-//! `blobs/sha256/...`): resolve a reference to a pinned digest and read the config
+//! `blobs/sha256/...`), or from a registry ([`RemoteImages`], e.g.
+//! [`super::Registry`]): resolve a reference to a pinned digest and read the config
 //! (entrypoint, cmd, env, user, working dir). Every blob read is checked against its digest.
 
 use std::path::{Path, PathBuf};
@@ -10,8 +11,8 @@ use sha2::{Digest as _, Sha256};
 /// Largest index, manifest or config blob read.
 const MAX_BLOB: u64 = 16 * 1024 * 1024;
 
-const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Errors resolving images.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +55,26 @@ pub enum ImageError {
     #[error("unsupported digest `{0}` (only sha256 is supported)")]
     BadDigest(String),
     /// No layout has the image.
-    #[error("image {0} not found in the given OCI layouts; registry lookup not implemented yet; pass --oci-layout (a layout holding it, tagged with its name)")]
+    #[error("image {0} not found in the given OCI layouts (and no registry lookup asked for): pass --oci-layout (a layout holding it, tagged with its name) or --registry")]
     NotFound(String),
+    /// The registry lookup failed.
+    #[error("image {reference}: registry lookup failed: {message}")]
+    Registry {
+        /// The reference.
+        reference: String,
+        /// What went wrong (the registry client's error chain).
+        message: String,
+    },
+    /// A registry returned content that does not match the digest it was asked for.
+    #[error("image {reference}: the registry's {what} does not match its digest {digest}")]
+    RemoteDigestMismatch {
+        /// The reference.
+        reference: String,
+        /// `manifest`, `index` or `config`.
+        what: &'static str,
+        /// The digest asked for.
+        digest: String,
+    },
     /// Several layouts match the reference with different digests.
     #[error("image {reference} is ambiguous: {digests:?} match it; tag it with its full name or pin it by digest")]
     Ambiguous {
@@ -155,7 +174,7 @@ impl ImageRef {
     }
 }
 
-fn check_digest(d: &str) -> Result<(), ImageError> {
+pub(crate) fn check_digest(d: &str) -> Result<(), ImageError> {
     match d.strip_prefix("sha256:") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) => Ok(()),
         _ => Err(ImageError::BadDigest(d.to_owned())),
@@ -202,36 +221,85 @@ struct Index {
 
 #[derive(Deserialize, Clone)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(default)]
-    media_type: String,
-    digest: String,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
     #[serde(default)]
     annotations: std::collections::BTreeMap<String, String>,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(crate) platform: Option<Platform>,
 }
 
 #[derive(Deserialize, Clone)]
-struct Platform {
-    architecture: String,
-    os: String,
+pub(crate) struct Platform {
+    pub(crate) architecture: String,
+    pub(crate) os: String,
 }
 
 #[derive(Deserialize)]
-struct Manifest {
+pub(crate) struct Manifest {
     #[serde(default, rename = "mediaType")]
-    media_type: String,
+    pub(crate) media_type: String,
     #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
+    pub(crate) manifests: Option<Vec<Descriptor>>,
     #[serde(default)]
-    config: Option<Descriptor>,
+    pub(crate) config: Option<Descriptor>,
+}
+
+impl Manifest {
+    /// Whether this (reached through `desc`) is an index / manifest list.
+    pub(crate) fn is_index(&self, desc_media_type: &str) -> bool {
+        desc_media_type == MT_OCI_INDEX
+            || desc_media_type == MT_DOCKER_LIST
+            || self.media_type == MT_OCI_INDEX
+            || self.media_type == MT_DOCKER_LIST
+            || (self.manifests.is_some() && self.config.is_none())
+    }
+
+    /// The entry of an index for `os/arch`.
+    pub(crate) fn platform_entry(self, os: &str, arch: &str) -> Option<Descriptor> {
+        self.manifests.unwrap_or_default().into_iter().find(|m| {
+            m.platform.as_ref().is_some_and(|p| p.os == os && p.architecture == arch)
+        })
+    }
 }
 
 #[derive(Deserialize)]
-struct ConfigBlob {
+pub(crate) struct ConfigBlob {
     #[serde(default)]
-    config: ImageConfig,
+    pub(crate) config: ImageConfig,
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    os: Option<String>,
+}
+
+impl ConfigBlob {
+    /// The config, if the image is for `os/arch` (or does not say): a single-platform
+    /// image of another architecture is refused like an index without the platform.
+    pub(crate) fn for_platform(self, os: &str, arch: &str, reference: &str) -> Result<ImageConfig, ImageError> {
+        let other = |v: &Option<String>, want: &str| v.as_deref().is_some_and(|v| !v.is_empty() && v != want);
+        if other(&self.os, os) || other(&self.architecture, arch) {
+            return Err(ImageError::NoPlatform {
+                reference: reference.to_owned(),
+                platform: format!(
+                    "{os}/{arch} (the image is {}/{})",
+                    self.os.as_deref().unwrap_or("?"),
+                    self.architecture.as_deref().unwrap_or("?")
+                ),
+            });
+        }
+        Ok(self.config)
+    }
+}
+
+/// Where images not found in the layouts are looked up (a registry). A seam so that
+/// generation can be tested without the network.
+pub trait RemoteImages: Send + Sync {
+    /// Resolve `reference` to the digest it names now (the index's for a multi-platform
+    /// image) and the config of its `os/arch` image.
+    fn resolve(&self, reference: &ImageRef, os: &str, arch: &str) -> Result<(String, ImageConfig), ImageError>;
 }
 
 struct Layout {
@@ -239,17 +307,19 @@ struct Layout {
     index: Index,
 }
 
-/// The OCI image layouts images are resolved in.
+/// The OCI image layouts images are resolved in, then (if set) a registry.
 #[derive(Default)]
 pub struct ImageStore {
     layouts: Vec<Layout>,
     platform: (String, String),
+    remote: Option<Box<dyn RemoteImages>>,
 }
 
 impl std::fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImageStore")
             .field("layouts", &self.layouts.iter().map(|l| &l.root).collect::<Vec<_>>())
+            .field("remote", &self.remote.is_some())
             .finish()
     }
 }
@@ -258,7 +328,13 @@ impl ImageStore {
     /// An empty store for `platform` (`os/arch`, e.g. `linux/amd64`).
     pub fn new(platform: &str) -> Self {
         let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
-        Self { layouts: Vec::new(), platform: (os.to_owned(), arch.to_owned()) }
+        Self { layouts: Vec::new(), platform: (os.to_owned(), arch.to_owned()), remote: None }
+    }
+
+    /// Look up images that no layout holds in `remote` (tags are resolved to digests there).
+    pub fn with_remote(mut self, remote: Box<dyn RemoteImages>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// Add an OCI image layout (a directory with `oci-layout` and `index.json`).
@@ -331,7 +407,16 @@ impl ImageStore {
         digests.dedup();
         let (layout, desc) = match (candidates.first(), digests.len()) {
             (Some(c), 1) => *c,
-            (None, _) => return Err(ImageError::NotFound(reference.to_owned())),
+            (None, _) => {
+                return match &self.remote {
+                    Some(remote) => {
+                        let (digest, config) = remote.resolve(&r, &self.platform.0, &self.platform.1)?;
+                        check_digest(&digest)?;
+                        Ok(ResolvedImage { reference: r, digest, config })
+                    }
+                    None => Err(ImageError::NotFound(reference.to_owned())),
+                };
+            }
             _ => return Err(ImageError::Ambiguous { reference: reference.to_owned(), digests }),
         };
         check_digest(&desc.digest)?;
@@ -352,17 +437,9 @@ impl ImageStore {
             let path = blob_path(&layout.root, &desc.digest)?;
             let manifest: Manifest = serde_json::from_slice(&blob)
                 .map_err(|source| ImageError::Json { path: path.clone(), what: "manifest", source })?;
-            let is_index = desc.media_type == MT_OCI_INDEX
-                || desc.media_type == MT_DOCKER_LIST
-                || manifest.media_type == MT_OCI_INDEX
-                || manifest.media_type == MT_DOCKER_LIST
-                || (manifest.manifests.is_some() && manifest.config.is_none());
-            if is_index {
+            if manifest.is_index(&desc.media_type) {
                 let (os, arch) = &self.platform;
-                let chosen = manifest.manifests.unwrap_or_default().into_iter().find(|m| {
-                    m.platform.as_ref().is_some_and(|p| &p.os == os && &p.architecture == arch)
-                });
-                desc = chosen.ok_or_else(|| ImageError::NoPlatform {
+                desc = manifest.platform_entry(os, arch).ok_or_else(|| ImageError::NoPlatform {
                     reference: reference.to_owned(),
                     platform: format!("{os}/{arch}"),
                 })?;
@@ -379,7 +456,7 @@ impl ImageStore {
             let blob = read_blob(&layout.root, &config.digest)?;
             let parsed: ConfigBlob = serde_json::from_slice(&blob)
                 .map_err(|source| ImageError::Json { path: cpath, what: "image config", source })?;
-            return Ok(parsed.config);
+            return parsed.for_platform(&self.platform.0, &self.platform.1, reference);
         }
         Err(ImageError::NoPlatform {
             reference: reference.to_owned(),

@@ -47,6 +47,8 @@ mod image;
 mod initdata;
 mod k8s;
 mod pod;
+#[cfg(feature = "registry")]
+mod registry;
 mod review;
 
 use std::collections::BTreeMap;
@@ -54,7 +56,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use image::{ImageConfig, ImageError, ImageRef, ImageStore, ResolvedImage};
+pub use image::{ImageConfig, ImageError, ImageRef, ImageStore, RemoteImages, ResolvedImage};
+#[cfg(feature = "registry")]
+pub use registry::{Registry, RegistryError, RegistryOptions};
 pub use initdata::{decode_annotation, encode_annotation, Algorithm, InitData, InitDataError};
 pub use k8s::{load_files, parse_str, workloads, Document, K8sError, Workload};
 pub use pod::PodError;
