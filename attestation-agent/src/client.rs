@@ -1,4 +1,5 @@
-//! The RCAR 0.4.0 client: auth → attest → resource → JWE decrypt.
+//! The RCAR 0.4.0 client: auth → attest → resource → JWE decrypt, over HTTPS (rustls,
+//! ring provider; the KBS CA from the configuration or the system roots) or plain HTTP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use kbs::server::kbs_types::{Attestation, CompositeEvidence, InitData, RuntimeDa
 use kbs::server::problem::Problem;
 use kbs::server::SESSION_COOKIE;
 use kbs::TeeKind;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::attester::{Attester, AttesterError};
 
@@ -53,6 +57,18 @@ pub enum RcarError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake failed (certificate not trusted, wrong name, protocol).
+    #[error("{step}: TLS handshake with the KBS failed")]
+    Tls {
+        /// Step.
+        step: Step,
+        /// Cause (a rustls error for certificate problems).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS configuration (CA certificate) is unusable.
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
     /// HTTP exchange failed (connection reset, bad response).
     #[error("{step}: HTTP exchange with the KBS failed")]
     Http {
@@ -112,6 +128,8 @@ impl RcarError {
     fn retryable(&self) -> bool {
         match self {
             Self::Connect { .. } | Self::Http { .. } => true,
+            // Certificate and protocol errors come as InvalidData: retrying cannot help.
+            Self::Tls { source, .. } => source.kind() != std::io::ErrorKind::InvalidData,
             Self::Auth { status, .. }
             | Self::Attest { status, .. }
             | Self::Resource { status, .. } => *status >= 500,
@@ -164,9 +182,42 @@ pub fn parse_kbs_uri(uri: &str) -> Result<String, RcarError> {
     Ok(rest.to_owned())
 }
 
+/// How the client reaches the KBS.
+#[derive(Clone)]
+enum Transport {
+    Http,
+    Https {
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    },
+}
+
+fn tls_client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, RcarError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RcarError::TlsConfig(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// The system's root certificates (an empty store when there are none, as in the
+/// guest initramfs: the handshake then fails naming the unknown issuer).
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A malformed system certificate is skipped, as every TLS client does.
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
 /// An RCAR client for one KBS and one attester.
 pub struct KbsClient {
     authority: String,
+    transport: Transport,
     attester: Arc<dyn Attester>,
     key_kind: TeeKeyKind,
     retry: RetryPolicy,
@@ -177,6 +228,7 @@ impl std::fmt::Debug for KbsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KbsClient")
             .field("authority", &self.authority)
+            .field("https", &matches!(self.transport, Transport::Https { .. }))
             .field("tee", &self.attester.tee())
             .field("key_kind", &self.key_kind)
             .finish_non_exhaustive()
@@ -197,15 +249,60 @@ struct Answer {
 }
 
 impl KbsClient {
-    /// A client for `http://host:port` (HTTPS is not supported yet).
+    /// A client for `https://host[:port]` (verified against the system roots until
+    /// [`with_ca_cert_pem`](Self::with_ca_cert_pem) names the KBS CA) or
+    /// `http://host[:port]`.
     pub fn new(kbs_url: &str, attester: Arc<dyn Attester>) -> Result<Self, RcarError> {
-        let authority = kbs_url
-            .strip_prefix("http://")
-            .map(|r| r.trim_end_matches('/'))
-            .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| RcarError::Url(kbs_url.to_owned()))?;
+        let bad = || RcarError::Url(kbs_url.to_owned());
+        let (https, rest) = if let Some(r) = kbs_url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = kbs_url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(bad());
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(bad());
+        }
+        // host, [v6], host:port, [v6]:port
+        let (host, has_port) = match authority.strip_prefix('[') {
+            Some(r) => {
+                let (h, after) = r.split_once(']').ok_or_else(bad)?;
+                if !(after.is_empty() || after.starts_with(':')) {
+                    return Err(bad());
+                }
+                if let Some(port) = after.strip_prefix(':') {
+                    port.parse::<u16>().map_err(|_| bad())?;
+                }
+                (h, !after.is_empty())
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, port)) if !h.contains(':') && port.parse::<u16>().is_ok() => (h, true),
+                Some(_) => return Err(bad()),
+                None => (authority, false),
+            },
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let authority = if has_port {
+            authority.to_owned()
+        } else {
+            format!("{authority}:{}", if https { 443 } else { 80 })
+        };
+        let transport = if https {
+            let name = ServerName::try_from(host.to_owned()).map_err(|_| bad())?;
+            Transport::Https {
+                config: Arc::new(tls_client_config(system_roots())?),
+                name,
+            }
+        } else {
+            Transport::Http
+        };
         Ok(Self {
-            authority: authority.to_owned(),
+            authority,
+            transport,
             attester,
             key_kind: TeeKeyKind::Ec,
             retry: RetryPolicy::default(),
@@ -223,6 +320,34 @@ impl KbsClient {
     pub fn with_retry(mut self, r: RetryPolicy) -> Self {
         self.retry = r;
         self
+    }
+
+    /// Trusts only the CA certificate(s) in `pem` for an `https://` KBS (the `cert` of
+    /// CoCo's `aa.toml`). Refused for an `http://` URL, where it would protect nothing.
+    pub fn with_ca_cert_pem(mut self, pem: &str) -> Result<Self, RcarError> {
+        let Transport::Https { name, .. } = &self.transport else {
+            return Err(RcarError::TlsConfig(
+                "a CA certificate is configured but the KBS URL is http://".into(),
+            ));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert =
+                cert.map_err(|e| RcarError::TlsConfig(format!("KBS CA certificate PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| RcarError::TlsConfig(format!("KBS CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(RcarError::TlsConfig(
+                "KBS CA certificate PEM holds no CERTIFICATE".into(),
+            ));
+        }
+        self.transport = Transport::Https {
+            config: Arc::new(tls_client_config(roots)?),
+            name: name.clone(),
+        };
+        Ok(self)
     }
 
     /// Sends this initdata TOML (as measured) with the evidence.
@@ -244,11 +369,6 @@ impl KbsClient {
             .await
             .map_err(|source| RcarError::Connect { step, source })?;
         let _ = stream.set_nodelay(true);
-        let http = |source| RcarError::Http { step, source };
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        let conn = tokio::spawn(conn);
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -265,6 +385,28 @@ impl KbsClient {
         let req = b
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| RcarError::Url(e.to_string()))?;
+        match &self.transport {
+            Transport::Http => Self::send(step, stream, req).await,
+            Transport::Https { config, name } => {
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|source| RcarError::Tls { step, source })?;
+                Self::send(step, tls, req).await
+            }
+        }
+    }
+
+    /// One HTTP/1 request on a fresh connection.
+    async fn send<IO>(step: Step, io: IO, req: Request<Full<Bytes>>) -> Result<Answer, RcarError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let http = |source| RcarError::Http { step, source };
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(http)?;
+        let conn = tokio::spawn(conn);
         let resp = send.send_request(req).await.map_err(http)?;
         let status = resp.status();
         let cookie = resp

@@ -17,9 +17,11 @@
 
 mod attester;
 mod client;
+pub mod config;
 
 #[cfg(feature = "sim")]
 pub use attester::SimAttester;
 pub use attester::{Attester, AttesterError, SnpAttester, TdxAttester, TsmReport};
+pub use config::AaConfig;
 pub use client::{parse_kbs_uri, KbsClient, RcarError, RetryPolicy, Step, TeeKeyKind};
 pub use kbs::TeeKind;

@@ -431,6 +431,8 @@ async fn connect_errors_retried_then_named() {
     assert!(matches!(e, RcarError::Connect { .. }), "{e:?}");
     assert!(e.to_string().starts_with("auth: cannot connect"), "{e}");
     assert!(t.elapsed() >= std::time::Duration::from_millis(15));
-    assert!(KbsClient::new("https://x", Arc::new(SimAttester::new(M, H).unwrap())).is_err());
+    // HTTPS is supported now (tests/https.rs); other schemes are not.
+    assert!(KbsClient::new("https://x", Arc::new(SimAttester::new(M, H).unwrap())).is_ok());
+    assert!(KbsClient::new("ftp://x", Arc::new(SimAttester::new(M, H).unwrap())).is_err());
     assert!(attestation_agent::parse_kbs_uri("kbs:///a/b").is_err());
 }

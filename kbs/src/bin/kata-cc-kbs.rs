@@ -1,4 +1,5 @@
-//! `kata-cc-kbs --config kbs.toml`: the kata-cc key broker (RCAR 0.4.0 over HTTP).
+//! `kata-cc-kbs --config kbs.toml`: the kata-cc key broker (RCAR 0.4.0 over HTTPS, or
+//! plain HTTP on loopback).
 
 use std::path::PathBuf;
 
@@ -16,6 +17,15 @@ struct Args {
     /// Override the listen address of the config.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// TLS certificate chain (PEM); overrides `tls_cert` (needs a key too).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); overrides `tls_key`.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Token signing key file (created 0600 when missing); overrides `token_key`.
+    #[arg(long)]
+    token_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -26,7 +36,24 @@ async fn main() -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         config.listen = l;
     }
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert;
+    }
+    if args.tls_key.is_some() {
+        config.tls_key = args.tls_key;
+    }
+    if args.token_key.is_some() {
+        config.token_key = args.token_key;
+    }
     let listen = config.listen;
+    if config.token_key.is_none() {
+        eprintln!("kata-cc-kbs: no token_key: tokens are signed by a fresh key and do not survive a restart");
+    }
+    if config.insecure_http && config.tls_cert.is_none() {
+        eprintln!(
+            "kata-cc-kbs: WARNING: insecure_http = true, plain HTTP may be served off loopback"
+        );
+    }
     if config.allow_simulated {
         eprintln!("kata-cc-kbs: WARNING: allow_simulated = true, simulated TEEs are trusted");
     }
@@ -34,8 +61,12 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    server
+        .check_listener(&listener)
+        .context("starting the KBS")?;
     eprintln!(
-        "kata-cc-kbs: listening on http://{}",
+        "kata-cc-kbs: listening on {}://{}",
+        if server.is_tls() { "https" } else { "http" },
         listener.local_addr()?
     );
     tokio::select! {

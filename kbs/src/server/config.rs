@@ -8,6 +8,11 @@
 //! allow_simulated = false       # master switch for sim evidence (verifier and policy)
 //! admin_key = "long-random-secret" # optional; without it the admin API is disabled
 //! tdx_collateral_dir = "/etc/kata-cc/kbs/tdx"          # optional PCS files for TDX
+//! tls_cert = "/etc/kata-cc/kbs/tls/cert.pem"  # with tls_key: HTTPS (PEM chain, leaf first)
+//! tls_key = "/etc/kata-cc/kbs/tls/key.pem"    # PKCS#8, SEC1 or PKCS#1 PEM
+//! insecure_http = false         # plain HTTP on a non-loopback address needs this
+//! token_key = "/var/lib/kata-cc/kbs/token-key.pem" # ES256 key, created (0600) if missing
+//! vcek_cache_dir = "/var/lib/kata-cc/kbs/vcek"      # optional local VCEK cache (SNP)
 //! session_timeout_secs = 300
 //! token_lifetime_secs = 300
 //! max_body_bytes = 1048576
@@ -51,6 +56,26 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// TLS certificate chain (PEM, leaf first); with `tls_key` the server speaks HTTPS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (secrets then cross the network
+    /// encrypted only by the JWE; tokens and cookies in clear). Off by default.
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// File of the ES256 token signing key (PKCS#8 PEM). Created with mode 0600 when
+    /// missing and reused afterwards, so tokens survive a restart; absent = a fresh key
+    /// per start.
+    #[serde(default)]
+    pub token_key: Option<PathBuf>,
+    /// Local VCEK cache directory for SNP evidence without a VCEK
+    /// (`<dir>/<chip id hex>/bl<B>-tee<T>-snp<S>-ucode<U>.der`). Verified VCEKs from
+    /// evidence are added to it. Nothing is fetched from AMD's KDS.
+    #[serde(default)]
+    pub vcek_cache_dir: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -94,6 +119,11 @@ impl ServerConfig {
             session_timeout_secs: default_timeout(),
             token_lifetime_secs: default_timeout(),
             max_body_bytes: default_max_body(),
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: false,
+            token_key: None,
+            vcek_cache_dir: None,
         }
     }
 

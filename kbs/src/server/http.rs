@@ -1,4 +1,6 @@
-//! The RCAR HTTP/1 server on hyper.
+//! The RCAR HTTP/1 server on hyper, over TLS (rustls, ring provider) when the
+//! configuration names a certificate and key, plain HTTP otherwise (loopback only
+//! unless `insecure_http`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,8 +18,11 @@ use hyper_util::rt::TokioIo;
 use kbs_types::{Attestation, TeePubKey};
 use protocols::initdata;
 use rand_core::{OsRng, RngCore};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::binding::{self, PROTOCOL_VERSION};
 use super::config::ServerConfig;
@@ -25,7 +30,7 @@ use super::jwe;
 use super::policy::{ResourcePolicy, ResourcePolicyError, DEFAULT_RESOURCE_POLICY};
 use super::problem::Problem;
 use super::store::{ResourcePath, ResourceStore, StoreError};
-use super::token::{TokenSigner, ISSUER};
+use super::token::{TokenKeyError, TokenSigner, ISSUER};
 use super::SESSION_COOKIE;
 use crate::{
     Claims, ReferenceError, ReferenceValues, SimVerifier, SnpError, SnpVerifier,
@@ -62,6 +67,30 @@ pub enum ServerError {
     /// Accepting a connection failed.
     #[error("accept")]
     Accept(#[source] std::io::Error),
+    /// The token signing key file cannot be used.
+    #[error("token signing key")]
+    TokenKey(#[source] TokenKeyError),
+    /// Only one of `tls_cert` and `tls_key` is set.
+    #[error("tls_cert and tls_key must be set together")]
+    TlsHalfConfigured,
+    /// A TLS certificate or key file cannot be read or parsed.
+    #[error("TLS {what} {path}: {reason}")]
+    TlsFile {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// File.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refuses the certificate/key pair.
+    #[error("TLS configuration")]
+    Tls(#[source] rustls::Error),
+    /// Plain HTTP on a non-loopback address without `insecure_http`.
+    #[error(
+        "refusing plain HTTP on non-loopback address {0}: configure tls_cert and tls_key, or set insecure_http = true"
+    )]
+    InsecureHttp(std::net::SocketAddr),
 }
 
 struct Attested {
@@ -91,12 +120,14 @@ struct State {
 #[derive(Clone)]
 pub struct KbsServer {
     state: Arc<State>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for KbsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KbsServer")
             .field("listen", &self.state.cfg.listen)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -179,9 +210,46 @@ struct AuthRequest {
     _extra_params: serde_json::Value,
 }
 
+/// The rustls server configuration (ring provider, TLS 1.2 and 1.3, HTTP/1.1 ALPN) for
+/// a PEM certificate chain and key.
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, ServerError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServerError::TlsFile {
+            what: "certificate",
+            path: cert.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(ServerError::TlsFile {
+            what: "certificate",
+            path: cert.to_path_buf(),
+            reason: "no CERTIFICATE in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| ServerError::TlsFile {
+        what: "key",
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ServerError::Tls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(ServerError::Tls)?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
 impl KbsServer {
     /// Builds the server: loads reference values and policy, creates the verifiers (SNP
-    /// with AMD's roots, sim, and TDX when collateral is configured) and a fresh token key.
+    /// with AMD's roots and the VCEK cache, sim, and TDX when collateral is
+    /// configured), the token key (from `token_key` or fresh) and the TLS acceptor.
     pub fn new(cfg: ServerConfig) -> Result<Self, ServerError> {
         let reference = match &cfg.reference_values {
             Some(p) => ReferenceValues::load(p).map_err(ServerError::Reference)?,
@@ -198,8 +266,12 @@ impl KbsServer {
         };
         let policy =
             ResourcePolicy::new(&rego, cfg.allow_simulated).map_err(ServerError::Policy)?;
+        let mut snp = SnpVerifier::amd().map_err(ServerError::Snp)?;
+        if let Some(dir) = &cfg.vcek_cache_dir {
+            snp = snp.with_vcek_cache(dir.clone());
+        }
         let mut verifiers: Vec<Box<dyn Verifier>> = vec![
-            Box::new(SnpVerifier::amd().map_err(ServerError::Snp)?),
+            Box::new(snp),
             Box::new(SimVerifier::new().map_err(ServerError::Snp)?),
         ];
         if let Some(dir) = &cfg.tdx_collateral_dir {
@@ -207,7 +279,17 @@ impl KbsServer {
             store.add_pcs_dir(dir).map_err(ServerError::Tdx)?;
             verifiers.push(Box::new(TdxVerifier::new(store).map_err(ServerError::Tdx)?));
         }
+        let signer = match &cfg.token_key {
+            Some(p) => TokenSigner::load_or_create(p).map_err(ServerError::TokenKey)?,
+            None => TokenSigner::generate(),
+        };
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(Arc::new(tls_server_config(c, k)?))),
+            (None, None) => None,
+            _ => return Err(ServerError::TlsHalfConfigured),
+        };
         Ok(Self {
+            tls,
             state: Arc::new(State {
                 store: ResourceStore::new(cfg.resource_dir.clone()),
                 cfg,
@@ -215,7 +297,7 @@ impl KbsServer {
                 reference: RwLock::new(reference),
                 sessions: Mutex::new(HashMap::new()),
                 policy,
-                signer: TokenSigner::generate(),
+                signer,
             }),
         })
     }
@@ -229,21 +311,51 @@ impl KbsServer {
         self
     }
 
-    /// Serves HTTP/1 connections from `listener` until an accept error.
+    /// Whether connections are served over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Refuses plain HTTP on a non-loopback address unless `insecure_http` (what
+    /// [`serve`](Self::serve) checks first).
+    pub fn check_listener(&self, listener: &TcpListener) -> Result<(), ServerError> {
+        if self.tls.is_none() && !self.state.cfg.insecure_http {
+            let addr = listener.local_addr().map_err(ServerError::Accept)?;
+            if !addr.ip().is_loopback() {
+                return Err(ServerError::InsecureHttp(addr));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves HTTP/1 connections (over TLS when configured) from `listener` until an
+    /// accept error. Plain HTTP on a non-loopback address needs `insecure_http`.
     pub async fn serve(self, listener: TcpListener) -> Result<(), ServerError> {
+        self.check_listener(&listener)?;
         loop {
             let (stream, _) = listener.accept().await.map_err(ServerError::Accept)?;
             let _ = stream.set_nodelay(true);
             let state = self.state.clone();
+            let tls = self.tls.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(state, req).await) }
                 });
-                // A broken connection concerns only its client.
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                // A failed handshake or broken connection concerns only its client.
+                match tls {
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                        if let Ok(Ok(s)) = handshake.await {
+                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
             });
         }
     }

@@ -6,8 +6,9 @@
 //! * [`token`]: the ES256 attestation token;
 //! * [`problem`]: RFC 7807 error bodies.
 //!
-//! With feature `server`: [`KbsServer`] (HTTP/1 on hyper), its [`ServerConfig`], the
-//! file-backed resource store and the Rego resource policy.
+//! With feature `server`: [`KbsServer`] (HTTP/1 on hyper, HTTPS with rustls when a
+//! certificate is configured), its [`ServerConfig`], the file-backed resource store and
+//! the Rego resource policy.
 //!
 //! ```no_run
 //! # #[cfg(feature = "server")]
@@ -38,7 +39,7 @@ pub use kbs_types;
 #[cfg(feature = "server")]
 pub use config::{ConfigError, ServerConfig};
 #[cfg(feature = "server")]
-pub use http::{KbsServer, ServerError};
+pub use http::{tls_server_config, KbsServer, ServerError};
 #[cfg(feature = "server")]
 pub use policy::{ResourcePolicy, ResourcePolicyError, DEFAULT_RESOURCE_POLICY};
 #[cfg(feature = "server")]

@@ -2,11 +2,19 @@
 //!
 //! Claims: `iss` (`kata-cc-kbs`), `iat`, `exp`, `tee-pubkey` (the session's JWK) and
 //! `claims` (the verifier's [`Claims`](crate::Claims) as JSON).
+//!
+//! The key is either fresh per start ([`TokenSigner::generate`]) or kept in a PKCS#8
+//! PEM file ([`TokenSigner::load_or_create`]) so tokens stay valid across restarts.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, LineEnding};
 use rand_core::OsRng;
 
 /// Issuer claim of every token.
@@ -28,6 +36,36 @@ pub enum TokenError {
     Expired,
 }
 
+/// Why the token key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenKeyError {
+    /// Reading, creating or writing the file failed.
+    #[error("token key file {path}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Group or others may read the key.
+    #[error("token key file {path} has mode {mode:o}: it must not be accessible to group or others (chmod 600)")]
+    Permissions {
+        /// File.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// Not a P-256 PKCS#8 PEM key.
+    #[error("token key file {path} is not a P-256 PKCS#8 PEM private key: {reason}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// Parser message.
+        reason: String,
+    },
+}
+
 /// Signs and checks attestation tokens.
 #[derive(Clone)]
 pub struct TokenSigner {
@@ -46,6 +84,60 @@ impl TokenSigner {
         Self {
             key: SigningKey::random(&mut OsRng),
         }
+    }
+
+    /// Loads the key from `path`, or creates it there (mode 0600, written to a
+    /// temporary file and linked into place, so a concurrent start or a crash never
+    /// leaves a partial key) when the file does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, TokenKeyError> {
+        let io = |source| TokenKeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !path.exists() {
+            let key = SigningKey::random(&mut OsRng);
+            let pem = key
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| TokenKeyError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+            let tmp = dir
+                .unwrap_or(Path::new("."))
+                .join(format!(".token-key.tmp-{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let written = (|| {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(pem.as_bytes())?;
+                f.sync_all()?;
+                // Fails if another process created `path` meanwhile: then use theirs.
+                match std::fs::hard_link(&tmp, path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                    _ => Ok(()),
+                }
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            written.map_err(io)?;
+        }
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(TokenKeyError::Permissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let pem = std::fs::read_to_string(path).map_err(io)?;
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| TokenKeyError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self { key })
     }
 
     /// The public key that verifies this KBS's tokens.
@@ -108,5 +200,63 @@ mod tests {
         let (b, sig) = t.rsplit_once('.').unwrap();
         let forged = format!("{}x.{sig}", b);
         assert!(s.verify(&forged, 0).is_err());
+    }
+
+    #[test]
+    fn key_file_is_created_0600_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub-missing").join("token.pem");
+        // A missing parent directory is an error naming the file, not a panic.
+        let e = TokenSigner::load_or_create(&path).unwrap_err();
+        assert!(matches!(e, TokenKeyError::Io { .. }), "{e}");
+
+        let path = dir.path().join("token.pem");
+        let a = TokenSigner::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----"));
+        // No temporary file left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        // A second start reuses the key: its tokens verify across the "restart".
+        let t = a.sign(&serde_json::json!({"exp": 100}));
+        let b = TokenSigner::load_or_create(&path).unwrap();
+        assert_eq!(a.verifying_key(), b.verifying_key());
+        assert!(b.verify(&t, 1).is_ok());
+        // A fresh key does not.
+        assert_eq!(
+            TokenSigner::generate().verify(&t, 1),
+            Err(TokenError::Signature)
+        );
+    }
+
+    #[test]
+    fn key_file_refused_when_readable_by_others_or_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.pem");
+        TokenSigner::load_or_create(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = TokenSigner::load_or_create(&path).unwrap_err();
+        assert!(
+            matches!(e, TokenKeyError::Permissions { mode: 0o644, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chmod 600"));
+
+        let bad = dir.path().join("bad.pem");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&bad)
+            .unwrap()
+            .write_all(b"not a key")
+            .unwrap();
+        let e = TokenSigner::load_or_create(&bad).unwrap_err();
+        assert!(matches!(e, TokenKeyError::Invalid { .. }), "{e}");
+        // The bad file is left as it was, never overwritten.
+        assert_eq!(std::fs::read(&bad).unwrap(), b"not a key");
     }
 }

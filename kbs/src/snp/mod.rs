@@ -13,9 +13,10 @@
 //!   KEY_INFO signing key; `ASK`, `ASVK`, `ARK` entries may be present and are
 //!   **ignored**: the intermediates and roots come from the verifier's
 //!   [`SnpTrustStore`], never from the evidence. `data` may also be an array of byte
-//!   values (the shape trustee's `CertTableEntry` serialises to). `cert_chain: null` is
-//!   accepted by the parser but fails, since this verifier does not fetch VCEKs from
-//!   AMD's KDS.
+//!   values (the shape trustee's `CertTableEntry` serialises to). `cert_chain: null` (or
+//!   a chain without VCEK) is accepted only when the verifier has a [VCEK
+//!   cache](SnpVerifier::with_vcek_cache) holding the VCEK for the report's CHIP_ID and
+//!   REPORTED_TCB; this verifier never fetches VCEKs from AMD's KDS (no network).
 //! * trustee sends `attestation_report` as a JSON object of the `sev` crate's struct
 //!   fields; that shape is tied to one `sev` version and loses the exact signed bytes,
 //!   so it is **not** accepted. The raw report is what the guest's firmware returns.
@@ -35,6 +36,7 @@ mod certs;
 pub mod report;
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use base64::Engine;
@@ -43,7 +45,7 @@ use serde::Deserialize;
 
 use certs::{Cert, VerifiedVek};
 pub use certs::{IntermediateKind, SnpTrustStore};
-use report::{Report, SigningKey, SIGNED_LEN};
+use report::{Report, SigningKey, TcbVersion, SIGNED_LEN};
 
 use crate::claims::{Claims, SnpClaims};
 use crate::reference::ReferenceValues;
@@ -176,11 +178,79 @@ pub(crate) struct VerifiedReport {
     vek: VerifiedVek,
 }
 
-/// Checks authenticity (steps 1–4 of the module docs).
+/// Where a VCEK cache keeps the VCEK for a chip at a TCB:
+/// `<dir>/<CHIP_ID, 128 lowercase hex digits>/bl<B>-tee<T>-snp<S>-ucode<U>.der`.
+/// `None` when the chip id is masked (all zero): such a report cannot be keyed.
+pub fn vcek_cache_path(dir: &Path, chip_id: &[u8; 64], tcb: TcbVersion) -> Option<PathBuf> {
+    if chip_id.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some(dir.join(hex::encode(chip_id)).join(format!(
+        "bl{}-tee{}-snp{}-ucode{}.der",
+        tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode
+    )))
+}
+
+/// Largest VCEK file read from the cache (AMD's are ~1.4 KB).
+const MAX_CACHED_VCEK: u64 = 16 * 1024;
+
+fn read_cached_vcek(path: &Path) -> Result<Option<Vec<u8>>, SnpError> {
+    use std::io::Read as _;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(SnpError::Malformed {
+                what: format!("cannot read cached VCEK {}: {e}", path.display()),
+            })
+        }
+    };
+    let mut der = Vec::new();
+    f.take(MAX_CACHED_VCEK + 1)
+        .read_to_end(&mut der)
+        .map_err(|e| SnpError::Malformed {
+            what: format!("cannot read cached VCEK {}: {e}", path.display()),
+        })?;
+    if der.len() as u64 > MAX_CACHED_VCEK {
+        return Err(SnpError::Malformed {
+            what: format!(
+                "cached VCEK {} is larger than {MAX_CACHED_VCEK} bytes",
+                path.display()
+            ),
+        });
+    }
+    Ok(Some(der))
+}
+
+/// Stores a verified VCEK (best effort: a read-only cache only loses the speed-up).
+/// Written to a temporary name and renamed, so readers never see a partial file.
+fn store_cached_vcek(path: &Path, der: &[u8]) {
+    if path.exists() {
+        return;
+    }
+    let Some(parent) = path.parent() else { return };
+    if std::fs::create_dir_all(parent).is_err() {
+        return;
+    }
+    let tmp = parent.join(format!(
+        ".tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    if std::fs::write(&tmp, der).is_ok() && std::fs::rename(&tmp, path).is_ok() {
+        return;
+    }
+    let _ = std::fs::remove_file(&tmp);
+}
+
+/// Checks authenticity (steps 1–4 of the module docs). The VCEK comes from the
+/// evidence or, when the evidence has none, from `vcek_cache`; a VCEK from the
+/// evidence that verifies is added to the cache.
 pub(crate) fn verify_authentic(
     store: &SnpTrustStore,
     evidence: &serde_json::Value,
     now: SystemTime,
+    vcek_cache: Option<&Path>,
 ) -> Result<VerifiedReport, SnpError> {
     let ev = SnpEvidence::deserialize(evidence).map_err(|e| SnpError::Malformed {
         what: format!("evidence JSON: {e}"),
@@ -198,11 +268,8 @@ pub(crate) fn verify_authentic(
         });
     }
 
-    let chain = ev.cert_chain.ok_or_else(|| SnpError::Malformed {
-        what: "cert_chain is null and VCEKs are not fetched from AMD KDS".into(),
-    })?;
     let mut vek = None;
-    for entry in chain {
+    for entry in ev.cert_chain.unwrap_or_default() {
         let kind = match entry.cert_type.to_ascii_uppercase().as_str() {
             "VCEK" => SigningKey::Vcek,
             "VLEK" => SigningKey::Vlek,
@@ -221,9 +288,37 @@ pub(crate) fn verify_authentic(
         };
         vek = Some((kind, der));
     }
-    let (kind, der) = vek.ok_or_else(|| SnpError::Malformed {
-        what: "cert_chain holds no VCEK or VLEK".into(),
-    })?;
+    let cache_path =
+        vcek_cache.and_then(|d| vcek_cache_path(d, &report.chip_id, report.reported_tcb));
+    let from_evidence = vek.is_some();
+    let (kind, der) = match vek {
+        Some(v) => v,
+        None => {
+            let t = report.reported_tcb;
+            let tcb = format!("{}/{}/{}/{}", t.bootloader, t.tee, t.snp, t.microcode);
+            let cached = match (&cache_path, report.signing_key) {
+                (Some(p), Some(SigningKey::Vcek)) => read_cached_vcek(p)?,
+                _ => None,
+            };
+            let der = cached.ok_or_else(|| SnpError::Malformed {
+                what: match (vcek_cache, report.signing_key) {
+                    (_, Some(SigningKey::Vlek)) => {
+                        "cert_chain holds no VLEK (VLEKs are not cached)".into()
+                    }
+                    (Some(dir), _) => format!(
+                        "cert_chain holds no VCEK and {} has none for chip {}… at TCB {tcb} \
+                         (VCEKs are not fetched from AMD KDS)",
+                        dir.display(),
+                        hex::encode(&report.chip_id[..8])
+                    ),
+                    (None, _) => "cert_chain holds no VCEK or VLEK, no VCEK cache is \
+                                  configured and VCEKs are not fetched from AMD KDS"
+                        .into(),
+                },
+            })?;
+            (SigningKey::Vcek, der)
+        }
+    };
     if report.signing_key != Some(kind) {
         return Err(SnpError::SigningKeyMismatch {
             report: report.signing_key,
@@ -266,6 +361,11 @@ pub(crate) fn verify_authentic(
         match vek.hwid {
             Some(h) if h == report.chip_id => {}
             _ => return Err(SnpError::ChipIdMismatch),
+        }
+    }
+    if let Some(p) = cache_path {
+        if from_evidence && kind == SigningKey::Vcek && !vek.simulated {
+            store_cached_vcek(&p, &der);
         }
     }
     Ok(VerifiedReport { report, vek })
@@ -367,6 +467,7 @@ pub(crate) fn apply_policy(
 pub struct SnpVerifier {
     store: SnpTrustStore,
     tee: TeeKind,
+    vcek_cache: Option<PathBuf>,
 }
 
 impl SnpVerifier {
@@ -381,11 +482,25 @@ impl SnpVerifier {
         Self {
             store,
             tee: TeeKind::Snp,
+            vcek_cache: None,
         }
     }
 
+    /// Uses `dir` as the local VCEK cache (see [`vcek_cache_path`]): evidence without a
+    /// VCEK is checked with the cached one for its CHIP_ID and REPORTED_TCB, and VCEKs
+    /// that arrive in evidence and verify are stored there. The cache is not trusted:
+    /// a cached VCEK goes through the same chain check as one from the evidence.
+    pub fn with_vcek_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.vcek_cache = Some(dir.into());
+        self
+    }
+
     pub(crate) fn with_store_as(store: SnpTrustStore, tee: TeeKind) -> Self {
-        Self { store, tee }
+        Self {
+            store,
+            tee,
+            vcek_cache: None,
+        }
     }
 
     pub(crate) fn verify_inner(
@@ -395,7 +510,7 @@ impl SnpVerifier {
         policy: &ReferenceValues,
         now: SystemTime,
     ) -> Result<(Claims, VerifiedReport), VerifyError> {
-        let v = verify_authentic(&self.store, evidence, now)?;
+        let v = verify_authentic(&self.store, evidence, now, self.vcek_cache.as_deref())?;
         let claims = apply_policy(&v, self.tee, expected_report_data, policy)?;
         Ok((claims, v))
     }
