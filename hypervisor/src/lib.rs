@@ -10,7 +10,12 @@
 //!
 //! [`probe::HostCapabilities`] says what the host can run (KVM that can really run a
 //! stock kernel, SEV-SNP, TDX, QEMU, vhost devices); the accelerator is chosen from it
-//! at run time. [`sizing::size_vm`] derives the VM size from a pod's limits. With the
+//! at run time. [`sizing::size_vm`] derives the VM size from a pod's limits.
+//! [`initdata::prepare`] turns a pod's initdata annotation into the initdata disk and the
+//! TEE launch field (SNP HOST_DATA, TDX MRCONFIGID, or the simulated TEE's HOST_DATA;
+//! [`Confidential::Sim`] is refused unless `QemuConfig::allow_simulated_tee`; the QEMU
+//! backend gives a sim VM the launch measurement [`qemu::sim_launch_measurement`] computes
+//! from its kernel, initramfs, command line and vCPUs). With the
 //! `fake` feature, [`fake::FakeHypervisor`] records calls and injects failures for other
 //! crates' unit tests.
 //!
@@ -44,6 +49,7 @@ use async_trait::async_trait;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod initdata;
 pub mod net;
 pub mod probe;
 pub mod qemu;
@@ -51,8 +57,8 @@ pub mod sizing;
 pub mod spec;
 
 pub use spec::{
-    Accel, Confidential, Disk, MacAddr, Machine, NetDevice, QgsAddress, ResolvedAccel, SnpConfig,
-    TapRef, TdxConfig, VmSpec, Vsock,
+    Accel, Confidential, Disk, MacAddr, Machine, NetDevice, QgsAddress, ResolvedAccel,
+    SimTeeConfig, SnpConfig, TapRef, TdxConfig, VmSpec, Vsock,
 };
 
 /// Errors of the hypervisor API.
@@ -156,7 +162,7 @@ impl Capabilities {
             _ => {}
         }
         let tee = match spec.confidential {
-            Confidential::None => None,
+            Confidential::None | Confidential::Sim(_) => None,
             Confidential::Snp(_) => Some(TeeKind::Snp),
             Confidential::Tdx(_) => Some(TeeKind::Tdx),
         };

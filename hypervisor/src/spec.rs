@@ -278,6 +278,52 @@ pub struct TdxConfig {
     pub firmware: PathBuf,
 }
 
+/// The simulated TEE (development and CI only): a normal VM whose guest agent, when it
+/// is built with its `sim` feature, produces SEV-SNP-format evidence signed by kata-cc's
+/// public simulated chain, with this launch measurement and HOST_DATA. The guest reads
+/// them from the QEMU fw_cfg file [`SIM_TEE_FW_CFG`]. Nothing here is confidential: the
+/// host computes or chooses both values, and every verifier refuses simulated evidence
+/// unless it is configured to trust it. The QEMU backend refuses this option unless
+/// `QemuConfig::allow_simulated_tee` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimTeeConfig {
+    /// The launch MEASUREMENT the simulated reports carry. The QEMU backend's `start`
+    /// (and `command_line`) replace it by
+    /// [`sim_launch_measurement`](crate::qemu::sim_launch_measurement) of the spec (kernel,
+    /// initramfs, kernel command line, vCPUs), so the guest reports what the host really
+    /// boots; leave it all zero. Only the pure
+    /// [`qemu_args`](crate::qemu::cmdline::qemu_args) writes it as given.
+    pub measurement: [u8; 48],
+    /// HOST_DATA of the simulated reports: the initdata digest, as for SNP.
+    pub host_data: [u8; 32],
+}
+
+impl Default for SimTeeConfig {
+    /// All-zero measurement and HOST_DATA.
+    fn default() -> Self {
+        Self {
+            measurement: [0; 48],
+            host_data: [0; 32],
+        }
+    }
+}
+
+/// fw_cfg file name of the simulated TEE's parameters; the guest reads
+/// `/sys/firmware/qemu_fw_cfg/by_name/opt/kata-cc/sim-tee/raw`.
+pub const SIM_TEE_FW_CFG: &str = "opt/kata-cc/sim-tee";
+
+impl SimTeeConfig {
+    /// The fw_cfg content: `{"measurement":"<96 hex>","host_data":"<64 hex>"}`.
+    pub fn fw_cfg_content(&self) -> String {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        format!(
+            "{{\"measurement\":\"{}\",\"host_data\":\"{}\"}}",
+            hex(&self.measurement),
+            hex(&self.host_data)
+        )
+    }
+}
+
 /// Whether and how the guest runs in a TEE.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Confidential {
@@ -288,12 +334,20 @@ pub enum Confidential {
     Snp(SnpConfig),
     /// Intel TDX.
     Tdx(TdxConfig),
+    /// The simulated TEE: a normal VM, see [`SimTeeConfig`]. Not a TEE.
+    Sim(SimTeeConfig),
 }
 
 impl Confidential {
-    /// Whether this is a TEE guest.
+    /// Whether this is a hardware TEE guest (SNP or TDX). The simulated TEE is not:
+    /// it runs as a normal VM, under TCG too.
     pub fn is_tee(&self) -> bool {
-        !matches!(self, Confidential::None)
+        matches!(self, Confidential::Snp(_) | Confidential::Tdx(_))
+    }
+
+    /// Whether this is the simulated TEE.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self, Confidential::Sim(_))
     }
 }
 
@@ -473,6 +527,12 @@ impl VmSpec {
         }
         match &self.confidential {
             Confidential::None => {}
+            // The guest finds fw_cfg through ACPI, which only q35 is known to provide here.
+            Confidential::Sim(_) => {
+                if self.machine != Machine::Q35 {
+                    return Err(SpecError::TeeMachine(self.machine));
+                }
+            }
             Confidential::Snp(SnpConfig { firmware, .. })
             | Confidential::Tdx(TdxConfig { firmware, .. }) => {
                 absolute_utf8(firmware)?;
@@ -638,6 +698,24 @@ mod tests {
         s.machine = Machine::Q35;
         s.debug_console = Some("/run/dbg.sock".into());
         assert_eq!(s.validate(), Err(SpecError::TeeDebugConsole));
+    }
+
+    #[test]
+    fn sim_tee_is_a_normal_vm_on_q35() {
+        let mut s = spec();
+        s.confidential = Confidential::Sim(SimTeeConfig::default());
+        s.accel = Accel::Tcg;
+        assert_eq!(s.validate(), Ok(()));
+        assert!(!s.confidential.is_tee() && s.confidential.is_simulated());
+        s.machine = Machine::Microvm;
+        assert_eq!(s.validate(), Err(SpecError::TeeMachine(Machine::Microvm)));
+        let c = SimTeeConfig {
+            measurement: [0xab; 48],
+            host_data: [1; 32],
+        };
+        let v: serde_json::Value = serde_json::from_str(&c.fw_cfg_content()).unwrap();
+        assert_eq!(v["measurement"], "ab".repeat(48));
+        assert_eq!(v["host_data"], "01".repeat(32));
     }
 
     #[test]

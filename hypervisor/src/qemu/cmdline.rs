@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::spec::{
     Confidential, Machine, QgsAddress, ResolvedAccel, SnpConfig, SpecError, TapRef, TdxConfig,
-    VmSpec, Vsock, MAX_CMDLINE_LEN,
+    VmSpec, Vsock, MAX_CMDLINE_LEN, SIM_TEE_FW_CFG,
 };
 
 /// Kernel parameters every guest gets, before the spec's extra ones.
@@ -87,7 +87,7 @@ pub fn qemu_args(spec: &VmSpec, accel: ResolvedAccel) -> Result<Vec<String>, Cmd
 
     let mut machine = format!("{},memory-backend=mem0", spec.machine);
     match &spec.confidential {
-        Confidential::None => {}
+        Confidential::None | Confidential::Sim(_) => {}
         Confidential::Snp(_) => machine.push_str(",confidential-guest-support=sev0"),
         Confidential::Tdx(_) => {
             machine.push_str(",confidential-guest-support=tdx0,kernel-irqchip=split")
@@ -121,6 +121,14 @@ pub fn qemu_args(spec: &VmSpec, accel: ResolvedAccel) -> Result<Vec<String>, Cmd
             a.push2("-object", &tdx_object(tdx));
             a.push2("-bios", path(&tdx.firmware));
         }
+        // The simulated TEE's parameters, read by the guest from sysfs (qemu_fw_cfg).
+        Confidential::Sim(sim) => a.push2(
+            "-fw_cfg",
+            &format!(
+                "name={SIM_TEE_FW_CFG},string={}",
+                opt(&sim.fw_cfg_content())
+            ),
+        ),
     }
 
     a.push2("-kernel", path(&spec.kernel));
@@ -414,6 +422,63 @@ mod tests {
             firmware: "/opt/kata-cc/TDVF.fd".into(),
         });
         golden("q35-tdx", &qemu_args(&s, ResolvedAccel::Kvm).unwrap());
+    }
+
+    #[test]
+    fn golden_sim_tee_tcg() {
+        let mut s = base();
+        s.confidential = Confidential::Sim(crate::spec::SimTeeConfig {
+            measurement: [0x4d; 48],
+            host_data: [0x48; 32],
+        });
+        let args = qemu_args(&s, ResolvedAccel::Tcg).unwrap();
+        // A normal VM: no confidential-guest-support, no DMA-API virtio flags.
+        assert!(!args
+            .iter()
+            .any(|a| a.contains("confidential-guest-support")));
+        assert!(!args.iter().any(|a| a.contains("iommu_platform")));
+        golden("q35-tcg-sim-tee", &args);
+    }
+
+    /// The pod annotation, through `initdata::PodInitdata`, into the launch config:
+    /// the disk and HOST_DATA / MRCONFIGID as QEMU sees them.
+    #[test]
+    fn golden_tee_from_initdata_annotation() {
+        use crate::initdata::PodInitdata;
+        use protocols::initdata as pi;
+        let toml = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"policy.rego\" = '''\npackage agent_policy\n'''\n";
+        let annotations = [(
+            pi::ANNOTATION,
+            pi::encode_annotation(toml.as_bytes()).unwrap(),
+        )];
+        let init = PodInitdata::from_annotations(annotations).unwrap().unwrap();
+        let digest = pi::digest(pi::Algorithm::Sha256, toml.as_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let image: PathBuf = "/run/kata-cc/vm/pod1/initdata.img".into();
+
+        let mut s = base();
+        s.cpu_model = Some("EPYC-v4".into());
+        s.confidential = Confidential::Snp(SnpConfig {
+            firmware: "/opt/kata-cc/OVMF-AmdSev.fd".into(),
+            ..SnpConfig::default()
+        });
+        init.apply(&mut s, image.clone()).unwrap();
+        let args = qemu_args(&s, ResolvedAccel::Kvm).unwrap();
+        let host_data = format!("host-data={}", b64.encode(pi::host_data(&digest)));
+        assert!(args.iter().any(|a| a.ends_with(&host_data)), "{args:?}");
+        golden("q35-snp-initdata-annotation", &args);
+
+        let mut s = base();
+        s.confidential = Confidential::Tdx(TdxConfig {
+            mrconfigid: [0; 48],
+            quote_generation_socket: None,
+            firmware: "/opt/kata-cc/TDVF.fd".into(),
+        });
+        init.apply(&mut s, image).unwrap();
+        let args = qemu_args(&s, ResolvedAccel::Kvm).unwrap();
+        let mrconfigid = format!("\"mrconfigid\":\"{}\"", b64.encode(pi::mrconfigid(&digest)));
+        assert!(args.iter().any(|a| a.contains(&mrconfigid)), "{args:?}");
+        golden("q35-tdx-initdata-annotation", &args);
     }
 
     #[test]
