@@ -348,7 +348,11 @@ async fn stats_and_pause_resume() {
     let mut rs = pb::ResumeContainerRequest::new();
     rs.container_id = "ctr".into();
     t.client.agent().resume_container(t.client.context(), &rs).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Under load the thawed loop may take a while to be scheduled: poll, up to 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read() <= frozen && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(read() > frozen, "counter did not move after resume");
 }
 
