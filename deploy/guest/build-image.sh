@@ -4,7 +4,9 @@
 #
 #   deploy/guest/build-image.sh [--variant prod|test] [--out DIR]
 #
-# prod: agent + modules. test: additionally a busybox-static container rootfs at
+# prod: agent (feature release-tee: the simulated TEE cannot be compiled in) + modules.
+# test: the agent with feature `sim` (the simulated TEE, used only when the host hands it
+# the sim parameters), and a busybox-static container rootfs at
 # /run/kata-containers/shared/containers/busybox/rootfs (below the agent's shared dir).
 #
 # Reproducible: the same inputs (kernel and busybox package versions, sources, toolchain)
@@ -38,7 +40,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 target=x86_64-unknown-linux-gnu
 
 # Kernel modules to load at boot, in load order (dependencies first).
-modules=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio_blk overlay failover net_failover virtio_net)
+modules=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio_blk overlay failover net_failover virtio_net configfs tsm)
+# Loaded best effort after those (the TEE guest drivers refuse to load outside their TEE;
+# qemu_fw_cfg carries the simulated TEE's parameters). File names, not module names.
+optional_modules=(sev-guest tdx-guest qemu_fw_cfg)
 
 log() { echo "==> $*" >&2; }
 die() { echo "build-image: $*" >&2; exit 1; }
@@ -95,6 +100,13 @@ if [[ $variant == test ]]; then
     apt_fetch "busybox-static=$bb_ver" "$bbdir"
 fi
 
+# --- CA certificates (both variants: guest pull from HTTPS registries) ----------------
+ca_ver=$(pkg_version ca-certificates)
+[[ -n $ca_ver ]] || die "no candidate version for ca-certificates"
+cadir=$cache/ca-certificates/$ca_ver
+log "ca-certificates $ca_ver"
+apt_fetch "ca-certificates=$ca_ver" "$cadir"
+
 # --- agent --------------------------------------------------------------------------
 log "agent: static build"
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
@@ -108,7 +120,12 @@ profile=(--profile guest-image
     --config 'profile.guest-image.lto="fat"'
     --config 'profile.guest-image.codegen-units=1'
     --config 'profile.guest-image.strip="symbols"')
-(cd "$repo" && cargo build --locked --target "$target" -p guest-agent "${profile[@]}")
+case "$variant" in
+    prod) agent_features=release-tee ;;
+    test) agent_features=sim ;;
+esac
+log "agent features: $agent_features"
+(cd "$repo" && cargo build --locked --target "$target" -p guest-agent --features "$agent_features" "${profile[@]}")
 agent=$CARGO_TARGET_DIR/$target/guest-image/kata-cc-agent
 if readelf -lW "$agent" | grep -q 'Requesting program interpreter' || readelf -dW "$agent" | grep -q '(NEEDED)'; then
     die "$agent is not statically linked"
@@ -134,19 +151,34 @@ modinfo_depends() {
     objcopy -O binary -j .modinfo "$1" /dev/stdout | tr '\0' '\n' | sed -n 's/^depends=//p' | tr ',' ' '
 }
 loaded=()
-: >"$stage/etc/kata-cc/modules.load"
-for m in "${modules[@]}"; do
-    src=$(find "$kdir/lib/modules/$kver/kernel" -name "$m.ko.xz" -o -name "$m.ko" | head -n1)
-    [[ -n $src ]] || die "module $m not in $kpkg"
-    ko=$stage/lib/modules/kata-cc/$m.ko
-    case "$src" in *.xz) xz -dc "$src" >"$ko" ;; *) cp "$src" "$ko" ;; esac
-    chmod 644 "$ko"
-    for dep in $(modinfo_depends "$ko"); do
-        [[ " ${loaded[*]} " == *" $dep "* ]] || die "module $m needs $dep, which is not loaded before it"
+# add_modules LIST KIND NAME...: decompress each module into the image and list it in
+# /etc/kata-cc/LIST; every dependency must be a required module listed before it.
+add_modules() {
+    local list=$1 kind=$2 m src ko dep
+    shift 2
+    : >"$stage/etc/kata-cc/$list"
+    for m in "$@"; do
+        src=$(find "$kdir/lib/modules/$kver/kernel" -name "$m.ko.xz" -o -name "$m.ko" | head -n1)
+        [[ -n $src ]] || die "$kind module $m not in $kpkg"
+        ko=$stage/lib/modules/kata-cc/$m.ko
+        case "$src" in *.xz) xz -dc "$src" >"$ko" ;; *) cp "$src" "$ko" ;; esac
+        chmod 644 "$ko"
+        for dep in $(modinfo_depends "$ko"); do
+            [[ " ${loaded[*]} " == *" $dep "* ]] || die "$kind module $m needs $dep, which is not loaded before it"
+        done
+        [[ $kind == required ]] && loaded+=("$m")
+        echo "/lib/modules/kata-cc/$m.ko" >>"$stage/etc/kata-cc/$list"
     done
-    loaded+=("$m")
-    echo "/lib/modules/kata-cc/$m.ko" >>"$stage/etc/kata-cc/modules.load"
-done
+}
+add_modules modules.load required "${modules[@]}"
+add_modules modules.optional optional "${optional_modules[@]}"
+
+# The Mozilla roots Debian ships, as one bundle where rustls-native-certs looks
+# (what update-ca-certificates would build; sorted so the image stays reproducible).
+mkdir -p "$stage/etc/ssl/certs"
+find "$cadir/usr/share/ca-certificates/mozilla" -name '*.crt' | LC_ALL=C sort | xargs cat >"$stage/etc/ssl/certs/ca-certificates.crt"
+[[ -s $stage/etc/ssl/certs/ca-certificates.crt ]] || die "no certificates in ca-certificates $ca_ver"
+chmod 644 "$stage/etc/ssl/certs/ca-certificates.crt"
 
 # The sandbox's pause container (both variants): a static binary in its own rootfs.
 pause_root=$stage/run/kata-containers/shared/containers/pause/rootfs
@@ -187,9 +219,12 @@ chmod 644 "$out/vmlinuz" "$out/initramfs.cpio.gz"
     echo "kernel_package=$kpkg=$kpkg_ver"
     echo "kernel_release=$kver"
     [[ $variant == test ]] && echo "busybox_package=busybox-static=$bb_ver"
+    echo "ca_certificates_package=ca-certificates=$ca_ver"
     echo "rustc=$(rustc --version)"
     echo "source_date_epoch=$SOURCE_DATE_EPOCH"
     echo "modules=${modules[*]}"
+    echo "optional_modules=${optional_modules[*]}"
+    echo "agent_features=$agent_features"
     echo "agent_sha256=$(sha256sum "$stage/usr/bin/kata-cc-agent" | cut -d' ' -f1)"
     (cd "$out" && sha256sum vmlinuz initramfs.cpio.gz | sed 's/^\([0-9a-f]*\)  \(.*\)$/\2_sha256=\1/')
 } >"$out/manifest.txt"

@@ -90,6 +90,8 @@ struct Container {
     bundle: PathBuf,
     init_exec_id: String,
     processes: std::sync::Mutex<HashMap<String, Arc<Process>>>,
+    /// The rootfs the agent made from a guest-pulled image, released at removal.
+    guest_rootfs: std::sync::Mutex<Option<crate::image_pull::GuestRootfs>>,
 }
 
 impl Container {
@@ -136,6 +138,8 @@ pub struct Agent {
     oom_rx: Mutex<mpsc::UnboundedReceiver<String>>,
     /// The policy behind the gate, for SetPolicy.
     policy: Option<Arc<crate::policy_gate::PolicyCheck>>,
+    /// The `image_guest_pull` storage driver (pulls into `<state_dir>/images`).
+    images: Arc<crate::image_pull::ImagePuller>,
 }
 
 /// Checks a container or exec id: 1..=128 characters of `[A-Za-z0-9_.-]`, not starting
@@ -158,7 +162,25 @@ impl Agent {
     pub fn new(cfg: AgentConfig) -> Self {
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
         let runner_cfg = RunnerConfig { helper_exe: cfg.helper_exe.clone(), state_root: cfg.state_dir.join("runners") };
-        Self { cfg, runner_cfg, sandbox: Mutex::new(Sandbox::default()), oom_tx, oom_rx: Mutex::new(oom_rx), policy: None }
+        let images = Arc::new(crate::image_pull::ImagePuller::new(
+            cfg.state_dir.join("images"),
+            crate::image_pull::ImagePullConfig::default(),
+        ));
+        Self {
+            cfg,
+            runner_cfg,
+            sandbox: Mutex::new(Sandbox::default()),
+            oom_tx,
+            oom_rx: Mutex::new(oom_rx),
+            policy: None,
+            images,
+        }
+    }
+
+    /// Pulls guest-pulled images with `cfg` (registries, signature policy, keys).
+    pub fn with_image_pull(mut self, cfg: crate::image_pull::ImagePullConfig) -> Self {
+        self.images = Arc::new(crate::image_pull::ImagePuller::new(self.cfg.state_dir.join("images"), cfg));
+        self
     }
 
     /// Lets SetPolicy replace `policy` (the same check the gate runs).
@@ -255,9 +277,6 @@ impl Agent {
         validate_id("container_id", &cid)?;
         let exec_id = if req.exec_id.is_empty() { cid.clone() } else { req.exec_id.clone() };
         validate_id("exec_id", &exec_id)?;
-        if !req.storages.is_empty() {
-            return Err(AgentError::invalid("storages", "no storage driver is supported yet"));
-        }
         if !req.devices.is_empty() {
             return Err(AgentError::invalid("devices", "device hot-plug is not supported yet"));
         }
@@ -265,7 +284,7 @@ impl Agent {
             return Err(AgentError::invalid("stdin_port", "passfd I/O is not supported; use ReadStdout/WriteStdin"));
         }
         let grpc_spec = req.OCI.as_ref().ok_or_else(|| AgentError::invalid("OCI", "missing"))?;
-        let spec = protocols::convert::spec_from_grpc(grpc_spec)?;
+        let mut spec = protocols::convert::spec_from_grpc(grpc_spec)?;
 
         {
             let mut sb = self.sandbox.lock().await;
@@ -273,7 +292,26 @@ impl Agent {
                 return Err(AgentError::AlreadyExists { what: "container", id: cid });
             }
         }
-        let result = self.create_reserved(&cid, &exec_id, spec).await;
+        // An `image_guest_pull` storage: pull the image and mount its rootfs first.
+        let result = match self.images.prepare(&self.cfg.shared_dir, &cid, &req.storages, &mut spec).await {
+            Err(e) => Err(e),
+            Ok(rootfs) => match self.create_reserved(&cid, &exec_id, spec).await {
+                Ok(c) => {
+                    if let Ok(mut slot) = c.guest_rootfs.lock() {
+                        *slot = rootfs;
+                    }
+                    Ok(c)
+                }
+                Err(e) => {
+                    if let Some(r) = rootfs {
+                        if let Err(re) = r.release() {
+                            tracing::warn!("container {cid}: releasing its rootfs: {}", crate::error::chain(&re));
+                        }
+                    }
+                    Err(e)
+                }
+            },
+        };
         let mut sb = self.sandbox.lock().await;
         sb.creating.remove(&cid);
         let container = result?;
@@ -325,6 +363,7 @@ impl Agent {
             bundle,
             init_exec_id: exec_id.to_string(),
             processes: std::sync::Mutex::new(HashMap::from([(exec_id.to_string(), Arc::new(init))])),
+            guest_rootfs: std::sync::Mutex::new(None),
         });
         self.watch_oom(&container);
         Ok(container)
@@ -381,7 +420,10 @@ impl Agent {
             p.clear();
         }
         let _ = std::fs::remove_dir_all(&c.bundle);
-        r.map_err(Into::into)
+        let rootfs = c.guest_rootfs.lock().ok().and_then(|mut g| g.take());
+        let released = rootfs.map_or(Ok(()), crate::image_pull::GuestRootfs::release);
+        r?;
+        released
     }
 
     /// ExecProcess: starts another process in a running container.

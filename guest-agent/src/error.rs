@@ -51,6 +51,15 @@ pub enum AgentError {
     /// The OCI spec could not be converted.
     #[error("invalid OCI spec")]
     Spec(#[from] protocols::convert::ConvertError),
+    /// The container's image could not be pulled, verified, decrypted or mounted.
+    #[error("guest pull of the container image failed")]
+    ImagePull {
+        /// The image reference.
+        image: String,
+        /// What failed (names the layer where there is one).
+        #[source]
+        source: Box<image_rs::ImageError>,
+    },
     /// An I/O operation of the agent itself failed.
     #[error("{op}")]
     Io {
@@ -83,6 +92,7 @@ impl AgentError {
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Self::Denied(_) => Code::PERMISSION_DENIED,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Self::ImagePull { .. } => Code::FAILED_PRECONDITION,
             Self::CopyFile(CopyFileError::PathNotAllowed { .. } | CopyFileError::Escape { .. } | CopyFileError::BadRequest { .. }) => {
                 Code::INVALID_ARGUMENT
             }

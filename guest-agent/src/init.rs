@@ -396,12 +396,46 @@ fn remove_tree_contents(dir: &Path, dev: u64, top: bool) {
     }
 }
 
+/// File in the initramfs listing kernel modules that may fail to load, one path per
+/// line: the TEE guest drivers (`sev-guest`, `tdx-guest`), which refuse to load with
+/// `ENODEV` outside their TEE, and `qemu_fw_cfg`.
+pub const OPTIONAL_MODULES_LIST: &str = "/etc/kata-cc/modules.optional";
+
+/// Loads the modules named in `list`, best effort: a module that does not load is
+/// logged (as absent hardware for `ENODEV`/`ENXIO`) and skipped.
+pub fn load_optional_modules(list: &Path) {
+    let Ok(text) = std::fs::read_to_string(list) else { return };
+    for p in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        match load_modules(&[Path::new(p)]) {
+            Ok(()) => tracing::debug!("loaded {p}"),
+            Err(InitError::Module { source: Errno::ENODEV | Errno::ENXIO, .. }) => {
+                tracing::debug!("{p}: no such device here")
+            }
+            Err(e) => tracing::warn!("optional module {p} not loaded: {}", crate::error::chain(&e)),
+        }
+    }
+}
+
+/// Where configfs is mounted (configfs-tsm lives below it).
+pub const CONFIGFS_ROOT: &str = "/sys/kernel/config";
+
+/// Mounts configfs (best effort: a kernel without it has no configfs-tsm either).
+pub fn mount_configfs() {
+    match mount(Some("configfs"), CONFIGFS_ROOT, Some("configfs"), NOSUID_NODEV_NOEXEC, None::<&str>) {
+        Ok(()) | Err(Errno::EBUSY) => {}
+        Err(e) => tracing::debug!("configfs not mounted on {CONFIGFS_ROOT}: {e}"),
+    }
+}
+
 /// PID 1 set-up after the switch to the tmpfs root: kernel filesystems, console on
-/// stdio, kernel modules, the containers' cgroup parent, `lo`.
+/// stdio, kernel modules (required, then optional), configfs, the containers' cgroup
+/// parent, `lo`.
 pub fn setup_guest(cgroup_parent: &str) -> Result<(), InitError> {
     mount_kernel_filesystems()?;
     ensure_console();
     load_modules_from_list(Path::new(MODULES_LIST))?;
+    load_optional_modules(Path::new(OPTIONAL_MODULES_LIST));
+    mount_configfs();
     prepare_cgroup_parent(Path::new(CGROUP_ROOT), cgroup_parent)?;
     bring_up_loopback()?;
     Ok(())

@@ -5,13 +5,15 @@
 //! through `/sys/block/vd*/serial`, reads `/dev/vdX` (devtmpfs), parses it and logs its
 //! digest. Its `policy.rego`, if any, becomes the agent API policy.
 //!
-//! * No disk: `Ok(None)`; the agent keeps its default policy (allow-all today; TEE pods
-//!   will get `default-tee` once attestation lands).
+//! * No disk: `Ok(None)`; the agent keeps its default policy (allow-all without a TEE,
+//!   `default-tee` in a TEE).
 //! * A disk that cannot be read or parsed, or more than one disk with that serial: an
 //!   error, which the agent treats as fatal (the VM powers off with the reason).
 //!
-//! Not yet: the TEE binding (the digest compared with SNP HOST_DATA / TDX MRCONFIGID),
-//! which needs the attester in the guest; see the TODO in [`load_from`].
+//! [`bind`] then ties the disk to the TEE: the digest fitted to SEV-SNP HOST_DATA / TDX
+//! MRCONFIGID (the simulated TEE reports HOST_DATA like SNP) must equal the field in a
+//! fresh report, or the agent refuses to run. Without a TEE the initdata is unbound,
+//! and the log says so.
 
 use std::path::{Path, PathBuf};
 
@@ -137,12 +139,101 @@ pub fn load_from(sys_root: &Path, dev_root: &Path) -> Result<Option<LoadedInitDa
     let raw = initdata::read_device(std::io::BufReader::new(file)).map_err(invalid)?;
     let init = InitData::parse_bytes(&raw).map_err(invalid)?;
     let digest = initdata::digest(init.algorithm, &raw);
-    // TODO(tee-binding): this function (`load_from`) must compare the digest with the
-    // hardware-measured field — `initdata::host_data(&digest)` with SEV-SNP HOST_DATA,
-    // `initdata::mrconfigid(&digest)` with TDX MRCONFIGID — read through the guest
-    // attester once it exists, and fail on mismatch. Until then the initdata is NOT bound
-    // to the TEE: a host can supply any initdata it likes.
+    // Binding to the TEE is a separate step (`bind`), run by the caller with the
+    // attester it chose.
     Ok(Some(LoadedInitData { device, init, raw, digest }))
+}
+
+/// What [`bind`] established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// The TEE's field (`HOST_DATA` / `MRCONFIGID`) equals the fitted initdata digest.
+    Bound {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// initdata without a TEE: nothing measures it.
+    Unbound,
+    /// A TEE without an initdata disk.
+    NoInitdata,
+    /// Neither.
+    Nothing,
+}
+
+/// Why initdata and the TEE disagree. Fatal for PID 1: the VM powers off.
+#[derive(Debug, thiserror::Error)]
+pub enum BindingError {
+    /// The TEE was launched with the field all zero, yet a disk is attached.
+    #[error("initdata disk present but {tee} {field} is all zero: the host launched the TEE without binding the initdata")]
+    FieldZero {
+        /// The TEE's label.
+        tee: &'static str,
+        /// `HOST_DATA` or `MRCONFIGID`.
+        field: &'static str,
+    },
+    /// The field holds something else.
+    #[error("initdata digest does not match {tee} {field}: the disk gives {expected}, the TEE reports {got}")]
+    Mismatch {
+        /// The TEE's label.
+        tee: &'static str,
+        /// `HOST_DATA` or `MRCONFIGID`.
+        field: &'static str,
+        /// The fitted digest of the disk (hex).
+        expected: String,
+        /// The field (hex).
+        got: String,
+    },
+    /// The field could not be read.
+    #[error("cannot read the TEE's launch data")]
+    Tee(#[from] crate::tee::TeeError),
+}
+
+/// Binds the initdata to the TEE: the digest of the disk, fitted to the TEE's field
+/// (`protocols::initdata::host_data` / `mrconfigid`), must equal what the TEE reports
+/// (SEV-SNP and simulated HOST_DATA, TDX MRCONFIGID). A mismatch, or a zero field with
+/// a disk attached, is an error. Without a TEE the initdata is unbound: logged as such.
+pub fn bind(initdata: Option<&LoadedInitData>, tee: Option<&crate::tee::GuestTee>) -> Result<Binding, BindingError> {
+    match (initdata, tee) {
+        (None, None) => Ok(Binding::Nothing),
+        (Some(d), None) => {
+            tracing::warn!(
+                "initdata {}:{} is NOT bound: no TEE in this VM, so nothing measures it (the host chose it)",
+                d.init.algorithm,
+                d.digest_hex()
+            );
+            Ok(Binding::Unbound)
+        }
+        (None, Some(t)) => {
+            let field = t.launch_field()?;
+            if !field.is_zero() {
+                tracing::warn!(
+                    "{}: {} is {} but no initdata disk is attached: running with the built-in default TEE policy",
+                    t.label(),
+                    field.name(),
+                    hex(field.bytes())
+                );
+            }
+            Ok(Binding::NoInitdata)
+        }
+        (Some(d), Some(t)) => {
+            let field = t.launch_field()?;
+            let (tee, name) = (t.label(), field.name());
+            if field.is_zero() {
+                return Err(BindingError::FieldZero { tee, field: name });
+            }
+            let expected = field.fit(&d.digest);
+            if expected != field.bytes() {
+                return Err(BindingError::Mismatch {
+                    tee,
+                    field: name,
+                    expected: hex(&expected),
+                    got: hex(field.bytes()),
+                });
+            }
+            tracing::info!("initdata bound: {tee} {name} = {} matches the disk's digest", hex(field.bytes()));
+            Ok(Binding::Bound { field: name })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +278,50 @@ mod tests {
         disk(t.path(), "vdd", Some(b"initdata\0\0\n"));
         let e = find_disk(&sys).unwrap_err();
         assert!(matches!(&e, InitdataError::Ambiguous(d) if d == &["vdc", "vdd"]), "{e}");
+    }
+
+    /// SNP-format evidence whose report carries `host_data`.
+    struct FakeSnp([u8; 32]);
+    impl attestation_agent::Attester for FakeSnp {
+        fn tee(&self) -> attestation_agent::TeeKind {
+            attestation_agent::TeeKind::Snp
+        }
+        fn evidence(&self, _: &[u8; 64]) -> Result<serde_json::Value, attestation_agent::AttesterError> {
+            use base64::Engine as _;
+            let mut r = vec![0u8; kbs::snp::report::REPORT_LEN];
+            r[0] = 2;
+            r[0xC0..0xE0].copy_from_slice(&self.0);
+            Ok(serde_json::json!({"attestation_report": base64::engine::general_purpose::STANDARD.encode(r), "cert_chain": null}))
+        }
+    }
+
+    fn loaded(toml: &str) -> LoadedInitData {
+        let init = InitData::parse(toml).unwrap();
+        let digest = initdata::digest(init.algorithm, toml.as_bytes());
+        LoadedInitData { device: "/dev/vdb".into(), init, raw: toml.as_bytes().to_vec(), digest }
+    }
+
+    #[test]
+    fn binding_matches_refuses_mismatch_and_zero() {
+        use crate::tee::GuestTee;
+        use std::sync::Arc;
+        let d = loaded("version = \"0.1.0\"\nalgorithm = \"sha384\"\n");
+        let good = GuestTee::new(Arc::new(FakeSnp(initdata::host_data(&d.digest))));
+        assert_eq!(bind(Some(&d), Some(&good)).unwrap(), Binding::Bound { field: "HOST_DATA" });
+
+        let other = GuestTee::new(Arc::new(FakeSnp([0x11; 32])));
+        let e = bind(Some(&d), Some(&other)).unwrap_err();
+        assert!(matches!(&e, BindingError::Mismatch { field: "HOST_DATA", got, .. } if got == &"11".repeat(32)), "{e}");
+        assert!(e.to_string().contains("SEV-SNP HOST_DATA"), "{e}");
+
+        let zero = GuestTee::new(Arc::new(FakeSnp([0; 32])));
+        assert!(matches!(bind(Some(&d), Some(&zero)), Err(BindingError::FieldZero { field: "HOST_DATA", .. })));
+
+        // No TEE: unbound; no disk: nothing to compare (zero or not).
+        assert_eq!(bind(Some(&d), None).unwrap(), Binding::Unbound);
+        assert_eq!(bind(None, Some(&zero)).unwrap(), Binding::NoInitdata);
+        assert_eq!(bind(None, Some(&other)).unwrap(), Binding::NoInitdata);
+        assert_eq!(bind(None, None).unwrap(), Binding::Nothing);
     }
 
     #[test]

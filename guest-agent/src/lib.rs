@@ -11,6 +11,10 @@
 //! - [`runner`]: the single-threaded per-container helper process that owns youki's
 //!   `libcontainer` calls and the waits of the container's processes;
 //! - [`policy_gate`]: the Rego agent API policy as a gate check;
+//! - [`tee`]: which TEE the VM runs in (SEV-SNP, TDX, the simulated one) and its attester;
+//! - [`initdata`]: the initdata disk and its binding to the TEE;
+//! - [`attestation`], [`attest_gate`]: `aa.toml`, the attest-before-run check;
+//! - [`api_server`]: the workload endpoint on `127.0.0.1:8006` (CoCo's paths);
 //! - [`spec`]: what the agent enforces on a host-supplied OCI spec;
 //! - [`copy_file`]: `CopyFile` confined to the shared directory;
 //! - [`init`]: PID 1 duties (kernel filesystems, modules, reaping orphans).
@@ -32,10 +36,14 @@
 //! ```
 
 pub mod agent;
+pub mod api_server;
+pub mod attest_gate;
+pub mod attestation;
 pub mod copy_file;
 mod endpoints;
 pub mod error;
 pub mod gate;
+pub mod image_pull;
 pub mod init;
 pub mod initdata;
 pub mod policy_gate;
@@ -46,3 +54,4 @@ pub mod service;
 pub mod spec;
 pub mod stats;
 pub mod stream;
+pub mod tee;

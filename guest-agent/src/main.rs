@@ -32,6 +32,18 @@ struct Args {
     /// (development; TEE pods get theirs from measured initdata).
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// A registry (`host[:port]`) reached over plain HTTP for guest-pulled images
+    /// (repeatable). In the VM: `[image] insecure_registries` of the initdata's cdh.toml.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// containers-policy.json that guest-pulled images must satisfy (default: accept any
+    /// image). In the VM: `[image] image_security_policy` of the initdata's cdh.toml.
+    #[arg(long)]
+    image_policy: Option<PathBuf>,
+    /// Private key (PEM or JWK) for encrypted image layers (repeatable; development: in
+    /// a TEE pod the keys come from the KBS after attestation).
+    #[arg(long = "image-key")]
+    image_keys: Vec<PathBuf>,
     /// Log filter (tracing syntax: info, debug, guest_agent=trace, ...).
     #[arg(long, default_value = "info")]
     log: String,
@@ -88,15 +100,33 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
         guest_agent::init::setup_guest(&args.cgroup_parent).context("set up the guest as PID 1")?;
         tracing::info!("guest set up in {:?}", started.elapsed());
     }
-    // As PID 1: the measured configuration from the initdata disk, if the host attached
-    // one. A disk that does not parse is fatal (the error powers the VM off).
+    // As PID 1: the TEE (if any) and the measured configuration from the initdata disk,
+    // if the host attached one, bound to the TEE. A disk that does not parse, a TEE whose
+    // HOST_DATA / MRCONFIGID does not match it, or a malformed aa.toml is fatal (the
+    // error powers the VM off).
+    let tee = if init_mode {
+        let found = guest_agent::tee::detect(&guest_agent::tee::TeePaths::default()).context("detect the TEE")?;
+        guest_agent::tee::attester(found).context("TEE attester")?
+    } else {
+        None
+    };
+    match &tee {
+        Some(t) => tracing::info!("TEE: {}", t.label()),
+        None if init_mode => tracing::info!("TEE: none (not a confidential VM)"),
+        None => {}
+    }
     let initdata = if init_mode { guest_agent::initdata::load().context("initdata")? } else { None };
     if let Some(d) = &initdata {
         let has_policy = if d.init.policy().is_some() { "yes" } else { "no" };
         let (device, algorithm, digest) = (d.device.display(), d.init.algorithm, d.digest_hex());
         tracing::info!("initdata: {device} digest {algorithm}:{digest} (policy.rego: {has_policy})");
     }
-    let listen = match (args.listen, init_mode) {
+    if init_mode {
+        guest_agent::initdata::bind(initdata.as_ref(), tee.as_ref()).context("initdata")?;
+    }
+    let attestation = guest_agent::attestation::PodAttestation::new(tee, initdata.as_ref()).context("initdata aa.toml")?;
+    let image_cfg = image_pull_config(&args, initdata.as_ref(), &attestation, init_mode)?;
+    let listen = match (args.listen.clone(), init_mode) {
         (Some(l), _) => l,
         (None, true) => "vsock://-1:1024".to_string(),
         (None, false) => anyhow::bail!("--listen is required when not running as PID 1"),
@@ -112,9 +142,15 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("read policy {}", p.display()))?,
         None => match initdata.as_ref().and_then(|d| d.init.policy()) {
             Some(rego) => rego.to_string(),
-            // No initdata policy: allow everything (development). TEE pods will get
-            // `default-tee` here once attestation lands.
-            None => policy::builtin::ALLOW_ALL.to_string(),
+            // No initdata policy: `default-tee` in a TEE (no workload can run),
+            // allow-all without one (development).
+            None => {
+                let p = attestation.default_policy();
+                if p == policy::builtin::DEFAULT_TEE {
+                    tracing::info!("policy: no policy.rego in initdata: TEE pod, built-in default-tee policy");
+                }
+                p.to_string()
+            }
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -124,8 +160,54 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
         .context("start the async runtime")?;
     rt.block_on(async move {
         let policy = Arc::new(guest_agent::policy_gate::PolicyCheck::new(&policy_src).context("load the agent policy")?);
-        let agent = Arc::new(Agent::new(cfg).with_policy(Arc::clone(&policy)));
-        let gate = Gate::allow_all().with_check(policy);
+        let agent = Arc::new(Agent::new(cfg).with_policy(Arc::clone(&policy)).with_image_pull(image_cfg));
+        // Both must pass: the policy first, then (for CreateContainer/ExecProcess) attestation.
+        let mut gate = Gate::allow_all().with_check(policy);
+        if let Some(attest) = attestation.check() {
+            gate = gate.with_check(attest);
+        }
+        if let Some(api) = attestation.workload_api() {
+            let l = guest_agent::api_server::LISTEN;
+            let listener = tokio::net::TcpListener::bind(l).await.with_context(|| format!("bind the workload endpoint {l}"))?;
+            tracing::info!("workload endpoint on http://{l} (/cdh/resource, /aa/evidence)");
+            tokio::spawn(Arc::new(api).serve(listener));
+        }
         guest_agent::server::serve(&listen, agent, gate, init_mode).await
+    })
+}
+
+/// Image pull settings: flags, then (measured) initdata `cdh.toml`; keys from the flags
+/// and the pod's KBS.
+fn image_pull_config(
+    args: &Args,
+    initdata: Option<&guest_agent::initdata::LoadedInitData>,
+    attestation: &guest_agent::attestation::PodAttestation,
+    init_mode: bool,
+) -> anyhow::Result<guest_agent::image_pull::ImagePullConfig> {
+    let mut insecure = args.insecure_registries.clone();
+    let mut image_policy = match &args.image_policy {
+        Some(p) => {
+            let json = std::fs::read(p).with_context(|| format!("read --image-policy {}", p.display()))?;
+            Some(image_rs::signature::ImagePolicy::parse(&json).with_context(|| format!("--image-policy {}", p.display()))?)
+        }
+        None => None,
+    };
+    let mut key_uris = Vec::new();
+    if let Some(cdh) = initdata.and_then(|d| d.init.data.get("cdh.toml")) {
+        let c = guest_agent::image_pull::config_from_cdh_toml(cdh).map_err(anyhow::Error::msg).context("initdata")?;
+        insecure.extend(c.insecure_registries);
+        image_policy = c.image_policy.or(image_policy);
+        key_uris = c.private_key_uris;
+    }
+    let mut private_keys = Vec::new();
+    for k in &args.image_keys {
+        private_keys.push(std::fs::read(k).with_context(|| format!("read --image-key {}", k.display()))?);
+    }
+    let pause = args.shared_dir.join("pause").join("rootfs");
+    Ok(guest_agent::image_pull::ImagePullConfig {
+        insecure_registries: insecure,
+        image_policy,
+        keys: Some(Arc::new(guest_agent::image_pull::KbsKeys::new(attestation.kbs_client(), private_keys, key_uris))),
+        pause_rootfs: (init_mode && pause.is_dir()).then_some(pause),
     })
 }

@@ -57,9 +57,15 @@ pub fn find_tool(name: &str) -> PathBuf {
 
 /// The QEMU backend with the tools found on this host.
 pub fn qemu_hypervisor() -> QemuHypervisor {
+    qemu_hypervisor_with(false)
+}
+
+/// Like [`qemu_hypervisor`]; `allow_simulated_tee` lets specs use the simulated TEE.
+pub fn qemu_hypervisor_with(allow_simulated_tee: bool) -> QemuHypervisor {
     QemuHypervisor::new(QemuConfig {
         qemu: find_tool("qemu-system-x86_64"),
         vhost_device_vsock: find_tool("vhost-device-vsock"),
+        allow_simulated_tee,
         ..QemuConfig::default()
     })
 }
@@ -96,6 +102,22 @@ impl PodVm {
         net: Vec<hypervisor::NetDevice>,
         disks: Vec<hypervisor::Disk>,
     ) -> PodVm {
+        Self::boot_custom(name, memory_mib, false, |spec, _| {
+            spec.net = net;
+            spec.disks = disks;
+        })
+        .await
+    }
+
+    /// Boots the test image after `customize(spec, scratch_dir)` adjusted the spec (NICs,
+    /// disks, TEE; files it needs can go in the scratch dir). `allow_simulated_tee`
+    /// configures the backend to accept the simulated TEE.
+    pub async fn boot_custom(
+        name: &str,
+        memory_mib: u64,
+        allow_simulated_tee: bool,
+        customize: impl FnOnce(&mut VmSpec, &Path),
+    ) -> PodVm {
         let image = guest_image();
         let dir = tempfile::tempdir().unwrap();
         let mut spec = VmSpec::new(format!("e2e-{name}"), &image.kernel, dir.path().join("state"));
@@ -103,10 +125,12 @@ impl PodVm {
         spec.memory_mib = memory_mib;
         spec.console_log = Some(dir.path().join("console.log"));
         spec.boot_timeout = Duration::from_secs(30);
-        spec.net = net;
-        spec.disks = disks;
+        customize(&mut spec, dir.path());
         let started = Instant::now();
-        let vm = qemu_hypervisor().start(spec).await.unwrap_or_else(|e| panic!("start VM: {e:?}"));
+        let vm = qemu_hypervisor_with(allow_simulated_tee)
+            .start(spec)
+            .await
+            .unwrap_or_else(|e| panic!("start VM: {e:?}"));
         let addr: AgentAddr = vm.agent_address().to_string().parse().unwrap();
         let agent = match AgentClient::wait_ready(&addr, ConnectOptions::default(), Instant::now() + Duration::from_secs(90)).await {
             Ok(a) => a,
@@ -174,4 +198,67 @@ pub async fn wait_status(a: &AgentClient, id: &str, exec: &str) -> i32 {
     r.container_id = id.into();
     r.exec_id = exec.into();
     a.agent().wait_process(protocols::context_with(Duration::from_secs(60)), &r).await.unwrap().status
+}
+
+/// A pod network namespace with `eth0` (`<net>.2/24`, default route via `<net>.1`) paired
+/// with a host-side veth holding `<net>.1`, as a CNI plugin would make it. Removed on drop.
+pub struct PodNetns {
+    /// The netns name (`ip netns`).
+    pub name: String,
+    /// The host end of the veth.
+    pub host_if: String,
+    /// The first three octets, e.g. `10.208.4`.
+    pub net: String,
+}
+
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+impl PodNetns {
+    /// Creates `kata-cc-<tag>-<pid>-<n>` with the subnet `<net>.0/24`.
+    pub fn new(tag: &str, n: u32, net: &str) -> PodNetns {
+        let name = format!("kata-cc-{tag}-{}-{n}", std::process::id());
+        let host_if = format!("k{}{}h{n}", &tag[..tag.len().min(3)], std::process::id() % 10000);
+        ip(&["netns", "add", &name]);
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name]);
+        ip(&["addr", "add", &format!("{net}.1/24"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{net}.2/24"), "dev", "eth0"]);
+        ip(&["-n", &name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&["-n", &name, "route", "add", "default", "via", &format!("{net}.1")]);
+        PodNetns { name, host_if, net: net.to_string() }
+    }
+
+    /// The netns path for `hypervisor::net`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.name))
+    }
+
+    /// The host's address on the veth (`<net>.1`).
+    pub fn host_ip(&self) -> String {
+        format!("{}.1", self.net)
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Tells the agent about the pod network (UpdateInterface, UpdateRoutes), as the shim does.
+pub async fn configure_pod_network(a: &AgentClient, net: &hypervisor::net::PodNetwork) {
+    use protocols::agent as pb;
+    let mut ui = pb::UpdateInterfaceRequest::new();
+    ui.interface = protocols::protobuf::MessageField::some(net.interface.clone());
+    a.agent().update_interface(a.context(), &ui).await.unwrap();
+    let mut ur = pb::UpdateRoutesRequest::new();
+    let mut routes = pb::Routes::new();
+    routes.Routes = net.routes.clone();
+    ur.routes = protocols::protobuf::MessageField::some(routes);
+    a.agent().update_routes(a.context(), &ur).await.unwrap();
 }
