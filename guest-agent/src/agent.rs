@@ -434,8 +434,9 @@ impl Agent {
         }
         let c = self.container(&req.container_id).await?;
         let grpc = req.process.as_ref().ok_or_else(|| AgentError::invalid("process", "missing"))?;
-        let process = protocols::convert::process_from_grpc(grpc)?;
+        let mut process = protocols::convert::process_from_grpc(grpc)?;
         crate::spec::check_process(&process)?;
+        crate::spec::ensure_path(&mut process);
         {
             let mut procs = c.processes.lock().map_err(|_| AgentError::FailedPrecondition("process table poisoned".into()))?;
             if procs.contains_key(&req.exec_id) {

@@ -580,3 +580,31 @@ mod pid1_tests {
         assert!(!v1.path().join("kata-cc").exists());
     }
 }
+
+/// Kernel parameter naming a registry the guest reaches over plain HTTP
+/// (`kata_cc.insecure_registry=HOST:PORT`, repeatable). The shim sets it from its
+/// configuration; the agent honours it only in a VM without a TEE, where the host is
+/// trusted with the pod anyway (a TEE pod takes this from measured initdata).
+pub const INSECURE_REGISTRY_PARAM: &str = "kata_cc.insecure_registry";
+
+/// The [`INSECURE_REGISTRY_PARAM`] values of a kernel command line.
+pub fn cmdline_insecure_registries(cmdline: &str) -> Vec<String> {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix(INSECURE_REGISTRY_PARAM)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod cmdline_tests {
+    use super::*;
+
+    #[test]
+    fn insecure_registries_from_the_kernel_cmdline() {
+        let c = "console=ttyS0 kata_cc.insecure_registry=10.88.0.1:5000 quiet kata_cc.insecure_registry=r:1 kata_cc.insecure_registry= kata_cc.insecure_registryX=y";
+        assert_eq!(cmdline_insecure_registries(c), ["10.88.0.1:5000", "r:1"]);
+        assert!(cmdline_insecure_registries("console=ttyS0").is_empty());
+    }
+}

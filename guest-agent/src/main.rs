@@ -88,7 +88,7 @@ fn pid1_main() -> ! {
 
 fn run(init_mode: bool) -> anyhow::Result<()> {
     // As PID 1 the arguments come from the kernel command line: use the defaults.
-    let args = if init_mode { Args::parse_from(["kata-cc-agent"]) } else { Args::parse() };
+    let mut args = if init_mode { Args::parse_from(["kata-cc-agent"]) } else { Args::parse() };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)
@@ -114,6 +114,21 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
         Some(t) => tracing::info!("TEE: {}", t.label()),
         None if init_mode => tracing::info!("TEE: none (not a confidential VM)"),
         None => {}
+    }
+    if init_mode {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let from_host = guest_agent::init::cmdline_insecure_registries(&cmdline);
+        match (&tee, from_host.is_empty()) {
+            (_, true) => {}
+            (None, false) => {
+                tracing::info!("plain-HTTP registries from the kernel command line: {from_host:?}");
+                args.insecure_registries.extend(from_host);
+            }
+            (Some(_), false) => tracing::warn!(
+                "{} ignored in a TEE (set insecure_registries in initdata cdh.toml): {from_host:?}",
+                guest_agent::init::INSECURE_REGISTRY_PARAM
+            ),
+        }
     }
     let initdata = if init_mode { guest_agent::initdata::load().context("initdata")? } else { None };
     if let Some(d) = &initdata {

@@ -33,8 +33,9 @@ pub fn adjust(spec: &mut Spec, a: &Adjust<'_>) -> Result<(), AgentError> {
         root.set_path(rootfs);
     }
 
-    let process = spec.process().as_ref().ok_or_else(|| AgentError::invalid("OCI.Process", "missing"))?;
+    let process = spec.process_mut().as_mut().ok_or_else(|| AgentError::invalid("OCI.Process", "missing"))?;
     check_process(process)?;
+    ensure_path(process);
 
     let mut linux = match spec.linux().clone() {
         Some(l) => l,
@@ -70,6 +71,19 @@ pub fn adjust(spec: &mut Spec, a: &Adjust<'_>) -> Result<(), AgentError> {
         spec.set_hostname(a.hostname.map(str::to_string));
     }
     Ok(())
+}
+
+/// `PATH` a process gets when neither the spec nor the image set one (Docker's default).
+pub const DEFAULT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Adds [`DEFAULT_PATH_ENV`] to a process environment without `PATH` (an image whose
+/// config sets other variables only); the container runtime refuses to start without it.
+pub fn ensure_path(process: &mut Process) {
+    let mut env = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(DEFAULT_PATH_ENV.to_string());
+        process.set_env(Some(env));
+    }
 }
 
 fn resolve_rootfs(spec: &Spec, a: &Adjust<'_>) -> Result<PathBuf, AgentError> {
@@ -153,6 +167,17 @@ mod tests {
             let e = adjust(&mut s, &a).unwrap_err();
             assert!(e.to_string().contains("OCI.Root.Path"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_missing_path_gets_the_default_and_a_given_one_is_kept() {
+        let mut p = Process::default();
+        p.set_env(Some(vec!["HELLO=world".into()]));
+        ensure_path(&mut p);
+        assert_eq!(p.env().as_ref().unwrap(), &["HELLO=world".to_string(), DEFAULT_PATH_ENV.to_string()]);
+        p.set_env(Some(vec!["PATH=/x".into()]));
+        ensure_path(&mut p);
+        assert_eq!(p.env().as_ref().unwrap(), &["PATH=/x".to_string()]);
     }
 
     #[test]

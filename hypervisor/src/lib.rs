@@ -58,7 +58,7 @@ pub mod spec;
 
 pub use spec::{
     Accel, Confidential, Disk, MacAddr, Machine, NetDevice, QgsAddress, ResolvedAccel,
-    SimTeeConfig, SnpConfig, TapRef, TdxConfig, VmSpec, Vsock,
+    SimTeeConfig, SnpConfig, TapRef, TdxConfig, VmSpec, Vsock, USER_NET_GATEWAY, USER_NET_GUEST,
 };
 
 /// Errors of the hypervisor API.

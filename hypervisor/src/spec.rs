@@ -67,6 +67,10 @@ pub enum SpecError {
     /// A negative tap file descriptor.
     #[error("invalid tap file descriptor {0}")]
     InvalidTapFd(RawFd),
+    /// QEMU's user-mode network for a hardware TEE guest: its traffic would be made
+    /// by the host on the guest's behalf; TEE pods get a tap.
+    #[error("user-mode networking is refused for TEE guests")]
+    UserNetInTee,
     /// A disk serial is invalid.
     #[error("invalid disk serial {0:?}: use 1-20 characters of [A-Za-z0-9_-]")]
     InvalidDiskSerial(String),
@@ -186,7 +190,18 @@ pub enum TapRef {
     /// An open tap file descriptor that QEMU inherits. The caller keeps it open
     /// until `start` returns.
     Fd(RawFd),
+    /// No tap: QEMU's user-mode network stack (slirp). The guest is `10.0.2.15/24`
+    /// behind a NAT with gateway `10.0.2.2` ([`USER_NET_GUEST`], [`USER_NET_GATEWAY`]);
+    /// its connections are made by QEMU on the host, so it can reach whatever the host
+    /// can, including host-local services (`10.0.2.2` is the host's loopback). For pods
+    /// without a network namespace (plain `ctr run`) where the configuration asks for it.
+    User,
 }
+
+/// The guest address on a [`TapRef::User`] network.
+pub const USER_NET_GUEST: &str = "10.0.2.15";
+/// The gateway (the host, NATed by QEMU) on a [`TapRef::User`] network.
+pub const USER_NET_GATEWAY: &str = "10.0.2.2";
 
 /// A MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,6 +523,11 @@ impl VmSpec {
                 TapRef::Fd(fd) => {
                     if *fd < 0 {
                         return Err(SpecError::InvalidTapFd(*fd));
+                    }
+                }
+                TapRef::User => {
+                    if self.confidential.is_tee() {
+                        return Err(SpecError::UserNetInTee);
                     }
                 }
             }

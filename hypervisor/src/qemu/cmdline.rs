@@ -199,6 +199,7 @@ pub fn qemu_args(spec: &VmSpec, accel: ResolvedAccel) -> Result<Vec<String>, Cmd
             }
             // With fd= QEMU refuses ifname/script/downscript.
             TapRef::Fd(fd) => format!("tap,id=net{i},fd={fd},vhost=off"),
+            TapRef::User => format!("user,id=net{i}"),
         };
         a.push2("-netdev", &netdev);
         a.push2(
@@ -383,6 +384,21 @@ mod tests {
             "q35-tcg-tap-initdata",
             &qemu_args(&s, ResolvedAccel::Tcg).unwrap(),
         );
+    }
+
+    #[test]
+    fn user_mode_nic() {
+        let mut s = base();
+        s.net.push(NetDevice {
+            tap: TapRef::User,
+            mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
+        });
+        let args = qemu_args(&s, ResolvedAccel::Tcg).unwrap();
+        let i = args.iter().position(|a| a == "-netdev").unwrap();
+        assert_eq!(args[i + 1], "user,id=net0");
+        assert!(args[i + 3].starts_with("virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01"));
+        s.confidential = Confidential::Snp(SnpConfig::default());
+        assert!(matches!(s.validate(), Err(crate::spec::SpecError::UserNetInTee)));
     }
 
     #[test]

@@ -323,7 +323,7 @@ async fn start(
         .iter()
         .filter_map(|n| match n.tap {
             TapRef::Fd(fd) => Some(fd),
-            TapRef::Name(_) => None,
+            TapRef::Name(_) | TapRef::User => None,
         })
         .collect();
     if !tap_fds.is_empty() {
