@@ -222,6 +222,9 @@ pub struct KbsClient {
     key_kind: TeeKeyKind,
     retry: RetryPolicy,
     init_data: Option<String>,
+    /// The last attested session, reused (with its token) by [`KbsClient::get_resource`]
+    /// until the KBS refuses it.
+    session: std::sync::Mutex<Option<Arc<Session>>>,
 }
 
 impl std::fmt::Debug for KbsClient {
@@ -307,6 +310,7 @@ impl KbsClient {
             key_kind: TeeKeyKind::Ec,
             retry: RetryPolicy::default(),
             init_data: None,
+            session: std::sync::Mutex::new(None),
         })
     }
 
@@ -582,12 +586,25 @@ impl KbsClient {
         }
     }
 
-    /// Attests (auth + attest) and fetches `kbs:///repo/type/tag`, decrypted.
+    /// Fetches `kbs:///repo/type/tag`, decrypted. The first call attests (auth +
+    /// attest); later ones reuse that session's token and attest again only when the
+    /// KBS refuses it (expired token, policy change) or the request fails.
     pub async fn get_resource(&self, uri: &str) -> Result<Vec<u8>, RcarError> {
         let path = parse_kbs_uri(uri)?;
+        let cached = self.session.lock().map(|g| g.clone()).unwrap_or(None);
+        if let Some(s) = cached {
+            match self.fetch(&s, &path, true).await {
+                Ok(v) => return Ok(v),
+                Err(_) => {} // expired or refused: attest again below
+            }
+        }
         self.retrying(|| async {
-            let s = self.attest_once().await?;
-            self.fetch(&s, &path, false).await
+            let s = Arc::new(self.attest_once().await?);
+            let v = self.fetch(&s, &path, false).await?;
+            if let Ok(mut g) = self.session.lock() {
+                *g = Some(s);
+            }
+            Ok(v)
         })
         .await
     }

@@ -28,6 +28,10 @@ impl Kbs {
 }
 
 async fn start(allow_sim: bool, policy: Option<&str>) -> Kbs {
+    start_with(allow_sim, policy, None).await
+}
+
+async fn start_with(allow_sim: bool, policy: Option<&str>, token_lifetime_secs: Option<u64>) -> Kbs {
     let dir = tempfile::tempdir().unwrap();
     let rv = dir.path().join("reference.toml");
     std::fs::write(
@@ -48,6 +52,9 @@ async fn start(allow_sim: bool, policy: Option<&str>) -> Kbs {
     cfg.allow_simulated = allow_sim;
     cfg.admin_key = Some(ADMIN.into());
     cfg.max_body_bytes = 64 * 1024;
+    if let Some(t) = token_lifetime_secs {
+        cfg.token_lifetime_secs = t;
+    }
     if let Some(p) = policy {
         let pf = dir.path().join("policy.rego");
         std::fs::write(&pf, p).unwrap();
@@ -435,4 +442,36 @@ async fn connect_errors_retried_then_named() {
     assert!(KbsClient::new("https://x", Arc::new(SimAttester::new(M, H).unwrap())).is_ok());
     assert!(KbsClient::new("ftp://x", Arc::new(SimAttester::new(M, H).unwrap())).is_err());
     assert!(attestation_agent::parse_kbs_uri("kbs:///a/b").is_err());
+}
+
+/// Counts the evidence it produces (one per attestation).
+struct Counting(SimAttester, std::sync::atomic::AtomicUsize);
+
+impl Attester for Counting {
+    fn tee(&self) -> TeeKind {
+        self.0.tee()
+    }
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<serde_json::Value, AttesterError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.evidence(report_data)
+    }
+}
+
+#[tokio::test]
+async fn session_reused_until_the_kbs_refuses_it() {
+    let k = start_with(true, None, Some(1)).await;
+    let att = Arc::new(Counting(SimAttester::new(M, H).unwrap(), Default::default()));
+    let c = KbsClient::new(&k.url(), att.clone()).unwrap();
+    let attests = || att.1.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(c.get_resource("kbs:///default/key/k1").await.unwrap(), b"the secret key bytes");
+    assert_eq!(c.get_resource("kbs:///default/key/k2").await.unwrap(), b"second");
+    assert_eq!(attests(), 1, "the second fetch reuses the attested session");
+    // The token expires (1 s lifetime): the KBS refuses it and the client attests again,
+    // transparently.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(c.get_resource("kbs:///default/key/k1").await.unwrap(), b"the secret key bytes");
+    assert_eq!(attests(), 2, "an expired session leads to a new attestation");
+    // An unknown resource is an error, not a reason to attest again and again.
+    assert!(c.get_resource("kbs:///default/key/nope").await.is_err());
+    assert_eq!(attests(), 3, "one fresh attestation after the cached session failed, no more");
 }
