@@ -593,9 +593,9 @@ impl KbsClient {
         let path = parse_kbs_uri(uri)?;
         let cached = self.session.lock().map(|g| g.clone()).unwrap_or(None);
         if let Some(s) = cached {
-            match self.fetch(&s, &path, true).await {
-                Ok(v) => return Ok(v),
-                Err(_) => {} // expired or refused: attest again below
+            // Expired or refused: attest again below.
+            if let Ok(v) = self.fetch(&s, &path, true).await {
+                return Ok(v);
             }
         }
         self.retrying(|| async {
