@@ -14,6 +14,11 @@ done
 for p in docker-registry skopeo umoci openssl curl jq; do
     have "$p" || need_apt+=("$p")
 done
+# The shim under real containerd: containerd 1.6, CNI plugins, and protoc for the
+# containerd snapshotter and CRI client protos (tonic-build / prost-build need it).
+for p in containerd containernetworking-plugins protobuf-compiler iptables; do
+    have "$p" || need_apt+=("$p")
+done
 if ((${#need_apt[@]})); then
     echo "==> apt-get install ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

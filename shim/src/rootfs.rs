@@ -1,0 +1,288 @@
+//! What the agent gets in place of the host's rootfs and bind mounts: the image to pull
+//! in the guest (Kata's `image_guest_pull` storage), and the host files a CRI spec
+//! mounts (hosts, resolv.conf, ConfigMaps, Secrets, ...) copied in with CopyFile.
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim_protos::api::Mount as ShimMount;
+use oci_spec::runtime::{Mount, Spec};
+use protocols::agent as pb;
+
+/// Where the agent keeps per-container files (and requires container rootfs to be).
+pub const SHARED_DIR: &str = "/run/kata-containers/shared/containers";
+/// Mount option by which the kata-cc snapshotter names the image of a guest-pulled
+/// container rootfs (`kata-cc.image-ref=<reference>`, on a read-only bind of an empty
+/// directory: the host can mount it, the real rootfs exists only in the guest).
+pub const IMAGE_REF_OPTION: &str = "kata-cc.image-ref=";
+/// CRI annotations.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The pod sandbox a CRI container belongs to.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The image of a CRI container.
+pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+
+/// Largest host file copied into the guest for a bind mount.
+const MAX_FILE: u64 = 1024 * 1024;
+/// Most entries and bytes of a host directory copied into the guest for a bind mount.
+const MAX_DIR_ENTRIES: usize = 256;
+const MAX_DIR_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Where a container's image comes from, as far as the host can tell.
+pub fn image_reference(spec: &Spec, rootfs: &[ShimMount]) -> Result<String, String> {
+    let ann = spec.annotations().clone().unwrap_or_default();
+    if let Some(image) = ann.get(IMAGE_NAME).filter(|s| !s.is_empty()) {
+        return Ok(image.clone());
+    }
+    if let Some(r) = rootfs.iter().flat_map(|m| m.options.iter()).find_map(|o| o.strip_prefix(IMAGE_REF_OPTION)) {
+        if r.is_empty() {
+            return Err(format!("the rootfs mount option {IMAGE_REF_OPTION} names no image"));
+        }
+        return Ok(r.to_string());
+    }
+    Err(format!(
+        "no image reference to pull in the guest: the container has no {IMAGE_NAME} annotation (CRI) and its \
+         rootfs mount has no {IMAGE_REF_OPTION} option (use the kata-cc snapshotter: `kata-cc-snapshotter pull \
+         IMAGE` then `ctr run --snapshotter kata-cc ...`); host rootfs mounts ({}) are not shared into the VM",
+        rootfs.iter().map(|m| m.type_.as_str()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// Kata's guest-pull storage for container `cid`: `source` is the image (ignored by the
+/// agent for a sandbox container, which gets the guest image's pause rootfs).
+pub fn guest_pull_storage(cid: &str, image: &str, spec: &Spec) -> pb::Storage {
+    let mut s = pb::Storage::new();
+    s.driver = "image_guest_pull".into();
+    s.source = image.into();
+    s.fstype = "overlay".into();
+    s.mount_point = format!("{SHARED_DIR}/{cid}/rootfs");
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let meta = serde_json::json!({ "metadata": annotations });
+    s.driver_options = vec![format!("image_guest_pull={meta}")];
+    s
+}
+
+/// A host file or directory to copy into the guest before CreateContainer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCopy {
+    /// On the host.
+    pub src: PathBuf,
+    /// In the guest, below [`SHARED_DIR`].
+    pub dst: String,
+}
+
+/// Rewrites `spec` for the guest: rootfs path, and every bind mount either copied in
+/// (files; small directories), turned into a guest tmpfs (`/dev/shm`), or refused.
+/// Returns the copies to make.
+pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String> {
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_path(PathBuf::from(format!("{SHARED_DIR}/{cid}/rootfs")));
+    spec.set_root(Some(root));
+    let mut copies = Vec::new();
+    let mut mounts = Vec::new();
+    for (i, m) in spec.mounts().clone().unwrap_or_default().into_iter().enumerate() {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+        if !is_bind {
+            mounts.push(m);
+            continue;
+        }
+        let dest = m.destination().to_string_lossy().into_owned();
+        let src = m.source().clone().unwrap_or_default();
+        if dest == "/dev/shm" {
+            mounts.push(tmpfs("/dev/shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]));
+            continue;
+        }
+        let meta = std::fs::metadata(&src)
+            .map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?;
+        let guest = format!("{SHARED_DIR}/{cid}-mounts/{i}");
+        if meta.is_file() {
+            if meta.len() > MAX_FILE {
+                return Err(format!(
+                    "bind mount {} -> {dest}: {} bytes is more than the {MAX_FILE} copied into the VM",
+                    src.display(),
+                    meta.len()
+                ));
+            }
+        } else if meta.is_dir() {
+            dir_size(&src).map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?;
+        } else {
+            return Err(format!("bind mount {} -> {dest}: only files and directories are copied into the VM", src.display()));
+        }
+        copies.push(HostCopy { src: src.clone(), dst: guest.clone() });
+        let mut nm = m.clone();
+        nm.set_source(Some(PathBuf::from(guest)));
+        mounts.push(nm);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(copies)
+}
+
+fn tmpfs(dest: &str, opts: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(dest));
+    m.set_typ(Some("tmpfs".into()));
+    m.set_source(Some(PathBuf::from("shm")));
+    m.set_options(Some(opts.iter().map(|s| s.to_string()).collect()));
+    m
+}
+
+/// Checks a directory tree against the copy limits (no symlinks followed).
+fn dir_size(dir: &Path) -> Result<(), String> {
+    let (mut entries, mut bytes) = (0usize, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            entries += 1;
+            let md = e.path().symlink_metadata().map_err(|e| e.to_string())?;
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                bytes += md.len();
+            }
+            if entries > MAX_DIR_ENTRIES || bytes > MAX_DIR_BYTES {
+                return Err(format!(
+                    "more than {MAX_DIR_ENTRIES} entries or {MAX_DIR_BYTES} bytes to copy into the VM"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CopyFile requests that recreate `copy` in the guest (directories first, then files
+/// in chunks; symlinks as links).
+pub fn copy_requests(copy: &HostCopy) -> Result<Vec<pb::CopyFileRequest>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![(copy.src.clone(), copy.dst.clone())];
+    while let Some((src, dst)) = stack.pop() {
+        let md = src.symlink_metadata().map_err(|e| format!("{}: {e}", src.display()))?;
+        let mut base = pb::CopyFileRequest::new();
+        base.path = dst.clone();
+        base.file_mode = md.mode();
+        base.dir_mode = 0o755;
+        base.uid = md.uid() as i32;
+        base.gid = md.gid() as i32;
+        if md.is_dir() {
+            out.push(base);
+            let mut children: Vec<_> = std::fs::read_dir(&src)
+                .map_err(|e| format!("{}: {e}", src.display()))?
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            children.sort();
+            for c in children.into_iter().rev() {
+                let name = c.to_string_lossy().into_owned();
+                stack.push((src.join(&c), format!("{dst}/{name}")));
+            }
+        } else if md.file_type().is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+            base.data = target.to_string_lossy().into_owned().into_bytes();
+            base.file_size = base.data.len() as i64;
+            out.push(base);
+        } else if md.is_file() {
+            let data = std::fs::read(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+            base.file_size = data.len() as i64;
+            if data.is_empty() {
+                out.push(base.clone());
+            }
+            for (i, chunk) in data.chunks(256 * 1024).enumerate() {
+                let mut r = base.clone();
+                r.offset = (i * 256 * 1024) as i64;
+                r.data = chunk.to_vec();
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use oci_spec::runtime::MountBuilder;
+
+    fn spec_with(ann: &[(&str, &str)], mounts: Vec<Mount>) -> Spec {
+        let mut s = Spec::default();
+        s.set_annotations(Some(ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
+        s.set_mounts(Some(mounts));
+        s
+    }
+
+    fn bind(src: &Path, dst: &str) -> Mount {
+        MountBuilder::default()
+            .destination(dst)
+            .typ("bind")
+            .source(src)
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn image_from_cri_annotation_or_snapshotter_mount() {
+        let s = spec_with(&[(IMAGE_NAME, "r/busybox:1")], vec![]);
+        assert_eq!(image_reference(&s, &[]).unwrap(), "r/busybox:1");
+        let s = spec_with(&[], vec![]);
+        let mut m = ShimMount::new();
+        m.type_ = "bind".into();
+        m.source = "/var/lib/kata-cc-snapshotter/guest-pull-rootfs".into();
+        m.options = vec!["ro".into(), "rbind".into(), format!("{IMAGE_REF_OPTION}10.0.0.1:5000/x:y")];
+        assert_eq!(image_reference(&s, &[m]).unwrap(), "10.0.0.1:5000/x:y");
+        let mut o = ShimMount::new();
+        o.type_ = "overlay".into();
+        let e = image_reference(&s, &[o]).unwrap_err();
+        assert!(e.contains("--snapshotter kata-cc") && e.contains("overlay"), "{e}");
+        let mut empty = ShimMount::new();
+        empty.options = vec![IMAGE_REF_OPTION.into()];
+        assert!(image_reference(&s, &[empty]).is_err());
+    }
+
+    #[test]
+    fn bind_mounts_are_copied_shm_becomes_tmpfs_and_the_rest_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hosts = tmp.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let cm = tmp.path().join("cm");
+        std::fs::create_dir(&cm).unwrap();
+        std::fs::write(cm.join("key"), "value").unwrap();
+        std::os::unix::fs::symlink("key", cm.join("link")).unwrap();
+        let proc_m = MountBuilder::default().destination("/proc").typ("proc").source("proc").build().unwrap();
+        let mut s = spec_with(
+            &[],
+            vec![proc_m, bind(&hosts, "/etc/hosts"), bind(Path::new("/nonexistent-shm"), "/dev/shm"), bind(&cm, "/etc/cm")],
+        );
+        let copies = rewrite_spec("c1", &mut s).unwrap();
+        assert_eq!(s.root().as_ref().unwrap().path(), Path::new(&format!("{SHARED_DIR}/c1/rootfs")));
+        let ms = s.mounts().clone().unwrap();
+        assert_eq!(ms[0].typ().as_deref(), Some("proc"));
+        assert_eq!(ms[1].source().as_deref(), Some(Path::new(&format!("{SHARED_DIR}/c1-mounts/1"))));
+        assert_eq!(ms[2].typ().as_deref(), Some("tmpfs"));
+        assert_eq!(copies.len(), 2);
+        let reqs = copy_requests(&copies[1]).unwrap();
+        let paths: Vec<_> = reqs.iter().map(|r| r.path.clone()).collect();
+        let d = format!("{SHARED_DIR}/c1-mounts/3");
+        assert_eq!(paths, [d.clone(), format!("{d}/key"), format!("{d}/link")]);
+        assert_eq!(reqs[1].data, b"value");
+        assert_eq!(reqs[2].data, b"key");
+
+        let mut bad = spec_with(&[], vec![bind(Path::new("/nonexistent/x"), "/x")]);
+        assert!(rewrite_spec("c2", &mut bad).unwrap_err().contains("/nonexistent/x"));
+        let big = tmp.path().join("big");
+        std::fs::write(&big, vec![0u8; (MAX_FILE + 1) as usize]).unwrap();
+        let mut bad = spec_with(&[], vec![bind(&big, "/big")]);
+        assert!(rewrite_spec("c3", &mut bad).unwrap_err().contains("bytes"));
+    }
+
+    #[test]
+    fn guest_pull_storage_as_kata_sends_it() {
+        let s = spec_with(&[(CONTAINER_TYPE, "sandbox")], vec![]);
+        let st = guest_pull_storage("p", "pause", &s);
+        assert_eq!(st.driver, "image_guest_pull");
+        assert_eq!(st.mount_point, format!("{SHARED_DIR}/p/rootfs"));
+        assert!(st.driver_options[0].starts_with("image_guest_pull={\"metadata\":{"), "{:?}", st.driver_options);
+        assert!(st.driver_options[0].contains("\"io.kubernetes.cri.container-type\":\"sandbox\""));
+    }
+}
