@@ -182,7 +182,11 @@ chmod 644 "$stage/etc/ssl/certs/ca-certificates.crt"
 
 # The sandbox's pause container (both variants): a static binary in its own rootfs.
 pause_root=$stage/run/kata-containers/shared/containers/pause/rootfs
-mkdir -p "$pause_root"/{proc,sys,dev,tmp}
+# It is bind-mounted read-only: every mount point a CRI or ctr spec may name must exist.
+mkdir -p "$pause_root"/{proc,sys,dev,tmp,run,etc,var}
+: >"$pause_root/etc/hosts"
+: >"$pause_root/etc/hostname"
+: >"$pause_root/etc/resolv.conf"
 gcc -static -Os -s -Wall -Werror -ffile-prefix-map="$repo"=/src -o "$pause_root/pause" "$repo/deploy/guest/pause.c"
 chmod 755 "$pause_root/pause"
 

@@ -394,12 +394,15 @@ impl TaskService {
             let ann = spec.annotations().clone().unwrap_or_default();
             matches!(ann.get(rootfs::CONTAINER_TYPE).map(String::as_str), None | Some("sandbox"))
         };
+        let io = Arc::new(io);
         let mut init = Proc::new(stdio);
-        init.io = Some(Arc::new(io));
+        init.io = Some(Arc::clone(&io));
         self.s.pod.lock().await.containers.insert(
             req.id.clone(),
             Container { bundle: req.bundle.clone(), owns_pod, init, execs: HashMap::new() },
         );
+        // Wait from now on: a container killed before it was started exits too.
+        self.spawn_waiter(agent, req.id.clone(), String::new(), Some(io));
         Ok(())
     }
 }
@@ -437,21 +440,21 @@ impl Task for TaskService {
     async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
         let (agent, pid) = self.agent().await?;
         if req.exec_id.is_empty() {
-            let io = {
+            {
                 let pod = self.s.pod.lock().await;
                 let c = pod.containers.get(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
                 if c.init.status != Status::Created {
                     return Err(precondition(format!("container {} is not in the created state", req.id)));
                 }
-                c.init.io.clone()
-            };
+            }
             let mut r = pb::StartContainerRequest::new();
             r.container_id = req.id.clone();
             agent.agent().start_container(agent.context(), &r).await.map_err(|e| agent_err("StartContainer", e))?;
             if let Some(c) = self.s.pod.lock().await.containers.get_mut(&req.id) {
-                c.init.status = Status::Running;
+                if c.init.status == Status::Created {
+                    c.init.status = Status::Running;
+                }
             }
-            self.spawn_waiter(agent, req.id.clone(), String::new(), io);
             let e = ev::TaskStart { container_id: req.id.clone(), pid, ..Default::default() };
             self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(e)).await;
         } else {
