@@ -166,7 +166,7 @@ async fn start_in(
     let pod_net = match &netns {
         Some(ns) => {
             let n = hypervisor::net::setup(&PodNetConfig::new(ns))
-                .map_err(|e| SandboxError::Prepare(format!("pod network in {}: {}", ns.display(), error_chain(&e))))?;
+                .map_err(|e| SandboxError::Prepare(format!("pod network in {}: {}", ns.display(), error_chain(e))))?;
             state.net = Some(n.state.clone());
             persist(dir, state).map_err(|e| SandboxError::Prepare(format!("persist state: {e}")))?;
             Some(n)
@@ -215,7 +215,7 @@ async fn start_in(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     hypervisor::initdata::prepare(&mut vm, annotations, dir)
-        .map_err(|e| SandboxError::Prepare(format!("initdata: {}", error_chain(&e))))?;
+        .map_err(|e| SandboxError::Prepare(format!("initdata: {}", error_chain(e))))?;
 
     let hv = QemuHypervisor::new(QemuConfig {
         qemu: cfg.hypervisor.qemu.clone(),
@@ -239,7 +239,7 @@ async fn start_in(
     let deadline = Instant::now() + cfg.boot_timeout();
     let agent = tokio::select! {
         r = AgentClient::wait_ready(&addr, opts, deadline) => r.map_err(|e| {
-            SandboxError::Agent(format!("not ready: {}; console: {}", error_chain(&e), console_tail(dir)))
+            SandboxError::Agent(format!("not ready: {}; console: {}", error_chain(e), console_tail(dir)))
         }),
         exit = vm.wait() => Err(SandboxError::Agent(format!("the VM stopped while booting ({exit}); console: {}", console_tail(dir)))),
     };
@@ -417,16 +417,9 @@ pub fn console_tail(dir: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join(" | ")
 }
 
-/// `error: cause: cause`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// `error: cause: cause` (anyhow's alternate format).
+pub fn error_chain<E: std::error::Error + Send + Sync + 'static>(e: E) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }
 
 #[cfg(test)]

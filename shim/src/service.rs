@@ -318,13 +318,13 @@ impl TaskService {
         if owns_pod {
             let opt_path = req.options.as_ref().and_then(config::options_config_path);
             let path = config::config_path(opt_path.as_deref());
-            let cfg = Config::load(&path).map_err(|e| precondition(error_chain(&e)))?;
+            let cfg = Config::load(&path).map_err(|e| precondition(error_chain(e)))?;
             // Remember the configuration for `delete` after a crash.
             let _ = std::fs::write(Path::new(&req.bundle).join(CONFIG_PATH_FILE), path.to_string_lossy().as_bytes());
             let t = Instant::now();
             let sb = sandbox::start(&cfg, &req.id, &spec)
                 .await
-                .map_err(|e| status(ttrpc::Code::UNKNOWN, format!("pod {}: {}", req.id, error_chain(&e))))?;
+                .map_err(|e| status(ttrpc::Code::UNKNOWN, format!("pod {}: {}", req.id, error_chain(e))))?;
             tracing::info!("kata-cc timing: pod={} phase=vm_boot ms={}", req.id, t.elapsed().as_millis());
             let sb = Arc::new(sb);
             let mut pod = self.s.pod.lock().await;
@@ -755,7 +755,7 @@ pub fn cleanup_after_crash(id: &str, bundle: &Path) -> bool {
     match Config::load(&path) {
         Ok(cfg) => sandbox::cleanup_dead(&cfg, id),
         Err(e) => {
-            tracing::warn!("delete {id}: {}; nothing cleaned", error_chain(&e));
+            tracing::warn!("delete {id}: {}; nothing cleaned", error_chain(e));
             false
         }
     }
