@@ -127,8 +127,8 @@ pub struct TeeConfig {
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Registries (`host:port`) the guest reaches over plain HTTP. Passed on the kernel
-    /// command line; the agent honours it only in a VM without a TEE (a TEE pod takes
-    /// its registry settings from measured initdata).
+    /// command line only when `tee.kind = "none"`: a TEE pod (the simulated one too)
+    /// takes its registry settings from measured initdata.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
     /// Default timeout of an agent request.

@@ -183,8 +183,12 @@ async fn start_in(
     vm.boot_timeout = cfg.boot_timeout();
     let mut params: Vec<String> =
         cfg.hypervisor.kernel_params.split_ascii_whitespace().map(str::to_string).collect();
-    for r in &cfg.agent.insecure_registries {
-        params.push(format!("kata_cc.insecure_registry={r}"));
+    // Only a VM without a TEE honours these (a TEE pod takes registry settings from its
+    // measured initdata), and in a TEE they would only change the launch measurement.
+    if cfg.tee.kind == TeeKind::None {
+        for r in &cfg.agent.insecure_registries {
+            params.push(format!("kata_cc.insecure_registry={r}"));
+        }
     }
     vm.cmdline = params.join(" ");
     vm.confidential = match cfg.tee.kind {
