@@ -9,6 +9,9 @@ use hypervisor::qemu::{QemuConfig, QemuHypervisor};
 use hypervisor::{Hypervisor, Vm, VmSpec};
 use protocols::{AgentAddr, AgentClient, ConnectOptions};
 
+pub mod attest;
+pub mod cri;
+
 /// How to get what these tests need (CI does both).
 pub const SETUP: &str =
     "run `hypervisor/tests/setup-host.sh` and `deploy/guest/build-image.sh --variant test`";
@@ -261,4 +264,13 @@ pub async fn configure_pod_network(a: &AgentClient, net: &hypervisor::net::PodNe
     routes.Routes = net.routes.clone();
     ur.routes = protocols::protobuf::MessageField::some(routes);
     a.agent().update_routes(a.context(), &ur).await.unwrap();
+}
+
+/// Starts the local test registry with its fixtures (`tests/registry/start.sh`, idempotent)
+/// and returns its directory (keys under `keys/`).
+pub fn registry_dir() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("registry/start.sh");
+    let out = std::process::Command::new("bash").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(std::env::var("KATA_CC_REGISTRY_DIR").unwrap_or_else(|_| "/var/tmp/kata-cc-registry".into()))
 }

@@ -35,33 +35,17 @@ use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 
 use hypervisor::{Confidential, Hypervisor, ResolvedAccel, SimTeeConfig, VmExit, VmSpec};
+use kata_cc_tests::attest::{
+    hex, host_data_of, initdata_toml, initdata_toml_with, measurement_with, pristine_measurement, start_kbs, start_kbs_with, SECRET,
+};
 use kata_cc_tests::{
     configure_pod_network, create_start, guest_image, guest_spec, qemu_hypervisor_with, read_stdout_all, wait_status, PodNetns,
     PodVm,
 };
-use kbs::server::{KbsServer, ServerConfig};
 use protocols::agent as pb;
 use protocols::context_with;
-use protocols::initdata::{self, Algorithm, InitData};
+use protocols::initdata;
 use protocols::protobuf::MessageField;
-
-const SECRET: &str = "the-k1-secret-for-attested-pods";
-
-/// The sim TEE's launch measurement of a pod VM of these tests booting `initramfs` with
-/// the test image's kernel (1 vCPU, no extra kernel parameters: as `boot_custom` and
-/// `sim_spec` launch it). The QEMU backend computes the same when it starts the VM.
-fn measurement_with(initramfs: &Path) -> [u8; 48] {
-    let mut spec = VmSpec::new("measure", guest_image().kernel, "/run/kata-cc/measure");
-    spec.initramfs = Some(initramfs.to_path_buf());
-    spec.confidential = Confidential::Sim(SimTeeConfig::default());
-    // On q35 the accelerator does not change the kernel command line.
-    hypervisor::qemu::sim_launch_measurement(&spec, ResolvedAccel::Tcg).unwrap()
-}
-
-/// The pristine test guest image's launch measurement: what the KBS expects.
-fn pristine_measurement() -> [u8; 48] {
-    measurement_with(&guest_image().initramfs)
-}
 
 /// The sim TEE config these tests launch with. The measurement is left zero: the QEMU
 /// backend fills in the one it computes from what it boots.
@@ -75,93 +59,9 @@ fn assert_measurement(pod: &PodVm, m: &[u8; 48]) {
     assert!(console.contains(&format!("launch measurement {}", hex(m))), "{console}");
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A subnet `10.208.<k>` unique to this process and test.
 fn subnet(i: u32) -> String {
     format!("10.208.{}", (std::process::id() % 60) * 4 + i)
-}
-
-struct Kbs {
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-/// The KBS over HTTPS on `ip`, trusting simulated evidence with the pristine image's
-/// launch measurement and HOST_DATA produced by `host_data` from the KBS URL and CA (the
-/// initdata that names the KBS is only known once the KBS listens).
-async fn start_kbs(ip: &str, host_data: impl FnOnce(&str, &str) -> [u8; 32]) -> Kbs {
-    start_kbs_with(ip, &[], host_data).await
-}
-
-/// [`start_kbs`] with extra resources (`repo/type/tag`, bytes).
-async fn start_kbs_with(ip: &str, extra: &[(&str, &[u8])], host_data: impl FnOnce(&str, &str) -> [u8; 32]) -> Kbs {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "kata-cc e2e KBS CA");
-    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![ip.to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-
-    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
-    let url = format!("https://{ip}:{}", listener.local_addr().unwrap().port());
-    let ca_pem = ca_cert.pem();
-    let expected = host_data(&url, &ca_pem);
-    std::fs::write(
-        dir.path().join("reference.toml"),
-        format!("snp_measurements = [\"{}\"]\nhost_data = [\"{}\"]\n", hex(&pristine_measurement()), hex(&expected)),
-    )
-    .unwrap();
-    let res = dir.path().join("resources");
-    std::fs::create_dir_all(res.join("default/key")).unwrap();
-    std::fs::write(res.join("default/key/k1"), SECRET).unwrap();
-    for (path, bytes) in extra {
-        let p = res.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, bytes).unwrap();
-    }
-    let mut cfg = ServerConfig::new(res);
-    cfg.reference_values = Some(dir.path().join("reference.toml"));
-    cfg.allow_simulated = true;
-    cfg.tls_cert = Some(dir.path().join("cert.pem"));
-    cfg.tls_key = Some(dir.path().join("key.pem"));
-    let server = KbsServer::new(cfg).unwrap();
-    tokio::spawn(async move {
-        if let Err(e) = server.serve(listener).await {
-            eprintln!("KBS stopped: {e}");
-        }
-    });
-    Kbs { url, _dir: dir }
-}
-
-/// The pod's initdata: allow-all policy (plus `tenant`, which changes the digest) and an
-/// `aa.toml` naming the KBS and its CA, as CoCo writes it.
-fn initdata_toml(kbs_url: &str, ca_pem: &str, tenant: &str) -> String {
-    initdata_toml_with(kbs_url, ca_pem, tenant, None)
-}
-
-/// [`initdata_toml`] plus a `cdh.toml`.
-fn initdata_toml_with(kbs_url: &str, ca_pem: &str, tenant: &str, cdh: Option<&str>) -> String {
-    let policy = format!("{}\n# tenant: {tenant}\n", include_str!("../../policy/rego/allow-all.rego"));
-    let aa = format!("[token_configs.kbs]\nurl = \"{kbs_url}\"\ncert = \"\"\"\n{ca_pem}\"\"\"\n");
-    let mut init = InitData::with_policy(Algorithm::Sha256, &policy);
-    init.data.insert("aa.toml".into(), aa);
-    if let Some(cdh) = cdh {
-        init.data.insert("cdh.toml".into(), cdh.to_string());
-    }
-    init.to_toml()
-}
-
-fn host_data_of(toml: &str) -> [u8; 32] {
-    initdata::host_data(&initdata::digest(Algorithm::Sha256, toml.as_bytes()))
 }
 
 /// Boots a sim-TEE pod VM on `netns` whose initdata arrives as the pod annotation.
@@ -401,14 +301,6 @@ async fn tee_pod_without_initdata_gets_the_default_tee_policy() {
     pod.vm.shutdown(Duration::from_secs(2)).await.unwrap();
 }
 
-/// Starts the loopback registry with its fixtures (`tests/registry/start.sh`); returns
-/// the fixture directory (keys).
-fn registry_fixtures() -> std::path::PathBuf {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registry/start.sh");
-    let out = std::process::Command::new("bash").arg(&script).output().unwrap();
-    assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
-    std::path::PathBuf::from(std::env::var("KATA_CC_REGISTRY_DIR").unwrap_or("/var/tmp/kata-cc-registry".into()))
-}
 
 /// Forwards TCP connections from `listen` to `to` (the guest reaches the host through
 /// the veth address; the registry listens on loopback).
@@ -448,7 +340,7 @@ fn guest_pull_request(id: &str, image: &str, args: &[&str]) -> pb::CreateContain
 
 #[tokio::test]
 async fn encrypted_image_is_pulled_in_the_guest_with_a_key_from_the_kbs() {
-    let key = std::fs::read(registry_fixtures().join("keys/priv.pem")).unwrap();
+    let key = std::fs::read(kata_cc_tests::registry_dir().join("keys/priv.pem")).unwrap();
     let netns = PodNetns::new("att", 3, &subnet(3));
     let registry = format!("{}:5000", netns.host_ip());
     forward(&registry, "127.0.0.1:5000").await;
