@@ -145,6 +145,9 @@ impl RegistryClient {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
+            // A pooled connection idle for long may be dead without the guest knowing
+            // (NAT or registry restarts); reusing it costs a read timeout.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tls_certs_merge(roots)
             .build()
             .map_err(|e| setup(format!("HTTP client: {}", error_chain(&e))))?;
@@ -277,8 +280,29 @@ impl RegistryClient {
             })?
     }
 
-    /// GET a manifest by tag or digest, bounded and checked against `expected`.
+    /// GET a manifest by tag or digest, bounded and checked against `expected`; a
+    /// timeout or an unreachable registry is retried twice (on a new connection: the
+    /// failed one is not returned to the pool).
     async fn fetch_manifest(
+        &self,
+        image: &Reference,
+        reference: &str,
+        expected: Option<(&Digest, Option<u64>)>,
+    ) -> Result<(Bytes, Digest, Option<String>)> {
+        let mut attempt = 0u32;
+        loop {
+            match self.fetch_manifest_once(image, reference, expected).await {
+                Err(e @ (ImageError::Timeout { .. } | ImageError::RegistryUnreachable { .. })) if attempt < 2 => {
+                    attempt += 1;
+                    tracing::warn!("{}; retrying ({attempt} of 2)", error_chain(&e));
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn fetch_manifest_once(
         &self,
         image: &Reference,
         reference: &str,
