@@ -130,10 +130,14 @@ bash "$repo/tests/registry/start.sh" >&2 8>&- 9>&-
 # The CNI bridge plugin reuses it (same name, same gateway address).
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     log "creating bridge $BRIDGE ($GW/${SUBNET#*/})"
-    ip link add "$BRIDGE" type bridge
+    # A fixed MAC: a Linux bridge without one takes the lowest MAC of its ports, so it
+    # would change whenever a pod's veth comes or goes, and every pod's ARP entry for the
+    # gateway (the registry, the KBS) would point at a MAC nobody answers any more.
+    ip link add "$BRIDGE" address 02:6b:63:63:00:01 type bridge
 fi
 addrs=$(ip -4 addr show dev "$BRIDGE")
 [[ $addrs == *"inet $GW/"* ]] || ip addr add "$GW/${SUBNET#*/}" dev "$BRIDGE"
+ip link set "$BRIDGE" address 02:6b:63:63:00:01
 ip link set "$BRIDGE" up
 
 # --- 3. The registry at an address pods reach: same storage, listening on the gateway.
