@@ -29,7 +29,7 @@ say "2/6 the guest image (kernel + initramfs with the agent as PID 1; test varia
 bash deploy/guest/build-image.sh --variant test
 
 say "3/6 building the shim, the snapshotter and the tools (release), installing them in /opt/kata-cc"
-cargo build --release --locked -p kata-cc-shim -p kata-cc-snapshotter -p kata-cc -p policy --features policy/cli -p kbs --features kbs/server,kbs/cli
+cargo build --release --locked -p kata-cc-shim -p kata-cc-snapshotter -p kata-cc -p policy --features policy/cli
 bash deploy/install.sh --prefix /opt/kata-cc --from "${CARGO_TARGET_DIR:-target}/release" \
     --guest target/guest-image/test --bin-link-dir ""
 export KATA_CC_SHIM=/opt/kata-cc/bin/containerd-shim-kata-cc-v2
