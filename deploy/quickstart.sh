@@ -50,6 +50,12 @@ guest=$(ctr run --rm --runtime io.containerd.kata-cc.v2 --runtime-config-path "$
 echo "guest kernel: $guest   (ctr run to exit, VM boot included: $(( ($(date +%s%N) - start) / 1000000 )) ms)"
 
 say "6/6 a confidential pod through the CRI (simulated TEE), step by step"
-cargo test --locked -p kata-cc-tests --test cri_confidential -- --nocapture 2>&1 \
-    | grep -E '^(==>|    )|test result|panicked'
+log=$(mktemp /tmp/kata-cc-quickstart.XXXXXX)
+if ! cargo test --locked -p kata-cc-tests --test cri_confidential -- --nocapture >"$log" 2>&1; then
+    grep -v '^ *at ' "$log" | tail -40
+    echo "the confidential pod failed; whole output in $log, containerd's log in /var/tmp/kata-cc-ctrd-cc/containerd.log"
+    exit 1
+fi
+grep -E '^(==>|    )|test result' "$log"
+rm -f "$log"
 say "done: every pod, VM and network namespace this run created is gone (tests/containerd/stop.sh stops containerd)"
