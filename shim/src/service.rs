@@ -94,6 +94,27 @@ struct PodState {
     vm_dead: bool,
 }
 
+impl PodState {
+    fn container(&self, id: &str) -> Result<&Container, ttrpc::Error> {
+        self.containers.get(id).ok_or_else(|| not_found(format!("container {id}")))
+    }
+
+    fn container_mut(&mut self, id: &str) -> Result<&mut Container, ttrpc::Error> {
+        self.containers.get_mut(id).ok_or_else(|| not_found(format!("container {id}")))
+    }
+
+    /// Container `id` and its process `exec` ("" = the init process).
+    fn process(&self, id: &str, exec: &str) -> Result<(&Container, &Proc), ttrpc::Error> {
+        let c = self.container(id)?;
+        let p = if exec.is_empty() {
+            &c.init
+        } else {
+            c.execs.get(exec).ok_or_else(|| not_found(format!("exec {exec}")))?
+        };
+        Ok((c, p))
+    }
+}
+
 struct Shared {
     namespace: String,
     publisher: RemotePublisher,
@@ -336,7 +357,7 @@ impl TaskService {
             booted = Some(sb);
         }
 
-        let result = self.create_in_guest(req, &spec, &image, &copies).await;
+        let result = self.create_in_guest(req, &spec, &image, &copies, owns_pod).await;
         if let Err(e) = result {
             if let Some(sb) = booted {
                 let mut pod = self.s.pod.lock().await;
@@ -355,6 +376,7 @@ impl TaskService {
         spec: &oci_spec::runtime::Spec,
         image: &str,
         copies: &[rootfs::HostCopy],
+        owns_pod: bool,
     ) -> Result<(), ttrpc::Error> {
         let (agent, _) = self.agent().await?;
         for c in copies {
@@ -389,10 +411,6 @@ impl TaskService {
                 let _ = agent.agent().remove_container(agent.context(), &rm).await;
                 return Err(status(ttrpc::Code::INTERNAL, format!("stdio of {}: {e}", req.id)));
             }
-        };
-        let owns_pod = {
-            let ann = spec.annotations().clone().unwrap_or_default();
-            matches!(ann.get(rootfs::CONTAINER_TYPE).map(String::as_str), None | Some("sandbox"))
         };
         let io = Arc::new(io);
         let mut init = Proc::new(stdio);
@@ -442,7 +460,7 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             {
                 let pod = self.s.pod.lock().await;
-                let c = pod.containers.get(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
+                let c = pod.container(&req.id)?;
                 if c.init.status != Status::Created {
                     return Err(precondition(format!("container {} is not in the created state", req.id)));
                 }
@@ -460,7 +478,7 @@ impl Task for TaskService {
         } else {
             let (spec, stdio) = {
                 let pod = self.s.pod.lock().await;
-                let c = pod.containers.get(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
+                let c = pod.container(&req.id)?;
                 let p = c.execs.get(&req.exec_id).ok_or_else(|| not_found(format!("exec {}", req.exec_id)))?;
                 if p.status != Status::Created {
                     return Err(precondition(format!("exec {} is not in the created state", req.exec_id)));
@@ -490,12 +508,7 @@ impl Task for TaskService {
     async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
         let pid = self.pid().await;
         let pod = self.s.pod.lock().await;
-        let c = pod.containers.get(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
-        let p = if req.exec_id.is_empty() {
-            &c.init
-        } else {
-            c.execs.get(&req.exec_id).ok_or_else(|| not_found(format!("exec {}", req.exec_id)))?
-        };
+        let (c, p) = pod.process(&req.id, &req.exec_id)?;
         let st = match p.status {
             Status::Created => api::Status::CREATED,
             Status::Running => api::Status::RUNNING,
@@ -523,7 +536,7 @@ impl Task for TaskService {
         let pid = self.pid().await;
         if !req.exec_id.is_empty() {
             let mut pod = self.s.pod.lock().await;
-            let c = pod.containers.get_mut(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
+            let c = pod.container_mut(&req.id)?;
             let p = c.execs.get(&req.exec_id).ok_or_else(|| not_found(format!("exec {}", req.exec_id)))?;
             if matches!(p.status, Status::Running | Status::Paused) {
                 return Err(precondition(format!("exec {} is still running", req.exec_id)));
@@ -534,7 +547,7 @@ impl Task for TaskService {
         }
         let (exit, owns_pod) = {
             let pod = self.s.pod.lock().await;
-            let c = pod.containers.get(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
+            let c = pod.container(&req.id)?;
             if matches!(c.init.status, Status::Running | Status::Paused) && !pod.vm_dead {
                 return Err(precondition(format!("container {} is still running", req.id)));
             }
@@ -614,12 +627,7 @@ impl Task for TaskService {
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         {
             let pod = self.s.pod.lock().await;
-            let c = pod.containers.get(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
-            let p = if req.exec_id.is_empty() {
-                &c.init
-            } else {
-                c.execs.get(&req.exec_id).ok_or_else(|| not_found(format!("exec {}", req.exec_id)))?
-            };
+            let (_, p) = pod.process(&req.id, &req.exec_id)?;
             if p.exit.borrow().is_some() || pod.vm_dead {
                 return Err(not_found("process already finished"));
             }
@@ -643,7 +651,7 @@ impl Task for TaskService {
         let process: oci_spec::runtime::Process = any_json(req.spec.as_ref().unwrap_or(&Any::new()), "exec process spec")?;
         {
             let mut pod = self.s.pod.lock().await;
-            let c = pod.containers.get_mut(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
+            let c = pod.container_mut(&req.id)?;
             if c.execs.contains_key(&req.exec_id) {
                 return Err(status(ttrpc::Code::ALREADY_EXISTS, format!("exec {}: already exists", req.exec_id)));
             }
@@ -674,12 +682,7 @@ impl Task for TaskService {
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         let pod = self.s.pod.lock().await;
-        let c = pod.containers.get(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
-        let p = if req.exec_id.is_empty() {
-            &c.init
-        } else {
-            c.execs.get(&req.exec_id).ok_or_else(|| not_found(format!("exec {}", req.exec_id)))?
-        };
+        let (_, p) = pod.process(&req.id, &req.exec_id)?;
         if req.stdin {
             if let Some(io) = &p.io {
                 io.close_stdin();
@@ -702,12 +705,7 @@ impl Task for TaskService {
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let mut rx = {
             let pod = self.s.pod.lock().await;
-            let c = pod.containers.get(&req.id).ok_or_else(|| not_found(format!("container {}", req.id)))?;
-            let p = if req.exec_id.is_empty() {
-                &c.init
-            } else {
-                c.execs.get(&req.exec_id).ok_or_else(|| not_found(format!("exec {}", req.exec_id)))?
-            };
+            let (_, p) = pod.process(&req.id, &req.exec_id)?;
             p.exit.subscribe()
         };
         let info = rx
