@@ -64,29 +64,18 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-PROFILE=${KATA_CC_CTRD_PROFILE:-default}
-case $PROFILE in
-    default) suffix= ;;
-    cc) suffix=-cc ;;
-    *) echo "kata-cc-ctrd: unknown KATA_CC_CTRD_PROFILE=$PROFILE (default|cc)" >&2; exit 2 ;;
-esac
-DIR=${KATA_CC_CTRD_DIR:-/var/tmp/kata-cc-ctrd$suffix}
-RUN=${KATA_CC_CTRD_RUN:-/run/kata-cc-ctrd$suffix}
-SHARED=${KATA_CC_CTRD_SHARED:-/var/tmp/kata-cc-ctrd-shared}
-SOCK=$RUN/containerd.sock
-BRIDGE=kcc0
+# shellcheck source=tests/containerd/instance.sh
+source "$(dirname "$0")/instance.sh"
 SUBNET=10.88.0.0/16
 GW=10.88.0.1
 REG=$GW:5000
 PAUSE_IMAGE=$REG/kata-cc/pause:1
 BUSYBOX_IMAGE=$REG/busybox:latest
-CNI_NAME=kata-cc-test
 SNAP_SOCK=$RUN/kata-cc-snapshotter.sock
 REGISTRY_DIR=${KATA_CC_REGISTRY_DIR:-/var/tmp/kata-cc-registry}
 GUEST_DIR=${KATA_CC_GUEST_DIR:-$repo/target/guest-image/test}
 SHIM_STATE=$RUN/kata-cc
 
-log() { echo "kata-cc-ctrd: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 [[ $(id -u) == 0 ]] || die "must run as root"

@@ -14,19 +14,8 @@
 # suites use it) and the host's /etc/cni/net.d mount point.
 set -euo pipefail
 
-PROFILE=${KATA_CC_CTRD_PROFILE:-default}
-case $PROFILE in
-    default) suffix= ;;
-    cc) suffix=-cc ;;
-    *) echo "kata-cc-ctrd: unknown KATA_CC_CTRD_PROFILE=$PROFILE (default|cc)" >&2; exit 2 ;;
-esac
-DIR=${KATA_CC_CTRD_DIR:-/var/tmp/kata-cc-ctrd$suffix}
-RUN=${KATA_CC_CTRD_RUN:-/run/kata-cc-ctrd$suffix}
-SHARED=${KATA_CC_CTRD_SHARED:-/var/tmp/kata-cc-ctrd-shared}
-SOCK=$RUN/containerd.sock
-BRIDGE=kcc0
-CNI_NAME=kata-cc-test
-IPAM=/var/lib/cni/networks/$CNI_NAME
+# shellcheck source=tests/containerd/instance.sh
+source "$(dirname "$0")/instance.sh"
 purge=0
 case "${1:-}" in
     --purge) purge=1 ;;
@@ -34,7 +23,6 @@ case "${1:-}" in
     *) echo "usage: $0 [--purge]" >&2; exit 2 ;;
 esac
 
-log() { echo "kata-cc-ctrd: $*" >&2; }
 [[ -d $DIR ]] || { log "nothing to stop ($DIR does not exist)"; exit 0; }
 exec 9>"$DIR/lock"
 flock 9
@@ -53,6 +41,17 @@ pids_with() {
         for a in "$@"; do [[ $argv == *"$a"* ]] || { ok=0; break; }; done
         ((ok)) && echo "$pid"
     done
+}
+stop_pidfile() { # FILE WHAT: SIGTERM the pid in FILE, SIGKILL after 10 s; remove FILE
+    local pid
+    pid=$(cat "$1")
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping $2 ($pid)"
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill_wait "$pid"
+    fi
+    rm -f "$1"
 }
 kill_wait() { # PID...: SIGKILL and wait until gone (max 10 s)
     local p
@@ -123,14 +122,7 @@ mapfile -t vms < <(pids_with "$RUN/kata-cc/")
 for p in containerd snapshotter; do
     f=$DIR/$p.pid
     [[ -f $f ]] || continue
-    pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
-        log "stopping $p ($pid)"
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill_wait "$pid"
-    fi
-    rm -f "$f"
+    stop_pidfile "$f" "$p"
 done
 
 # 4. CNI: this instance's pods' addresses (host-local file name = IP, first line = container
@@ -173,14 +165,7 @@ else
     exec 8>"$SHARED/lock"
     flock 8
     if [[ -f $SHARED/registry.pid ]]; then
-        pid=$(cat "$SHARED/registry.pid")
-        if kill -0 "$pid" 2>/dev/null; then
-            log "stopping the pod-side registry ($pid)"
-            kill "$pid" 2>/dev/null || true
-            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -0 "$pid" 2>/dev/null && kill_wait "$pid"
-        fi
-        rm -f "$SHARED/registry.pid"
+        stop_pidfile "$SHARED/registry.pid" "the pod-side registry"
     fi
     # Leftovers of instances that went away without stop.sh.
     if [[ -d $IPAM ]]; then
