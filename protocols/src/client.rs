@@ -35,18 +35,25 @@ pub struct ConnectOptions {
     pub retry: bool,
     /// Pause between two attempts.
     pub retry_interval: Duration,
+    /// Bound on one attempt: the dial with its hybrid-vsock handshake (and, in
+    /// [`AgentClient::wait_ready`], the `Health.Check` that follows). A `CONNECT`
+    /// sent while the guest's vsock driver is still coming up can be left
+    /// unanswered by the proxy; such an attempt is abandoned and retried.
+    /// [`Duration::ZERO`] means no bound but the overall deadline.
+    pub attempt_timeout: Duration,
     /// Default per-request timeout, applied by [`AgentClient::context`].
     /// [`Duration::ZERO`] means no timeout.
     pub request_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
-    /// 10 s to connect, retrying every 50 ms; 60 s per request.
+    /// 10 s to connect, retrying every 50 ms, 5 s per attempt; 60 s per request.
     fn default() -> Self {
         ConnectOptions {
             timeout: Duration::from_secs(10),
             retry: true,
             retry_interval: Duration::from_millis(50),
+            attempt_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
         }
     }
@@ -103,6 +110,14 @@ pub enum ClientError {
         /// What the agent reported.
         status: ServingStatus,
     },
+    /// One attempt got no answer within [`ConnectOptions::attempt_timeout`].
+    #[error("agent at {addr}: no answer to an attempt within {after:?}")]
+    AttemptTimedOut {
+        /// The address dialled.
+        addr: String,
+        /// The bound that passed.
+        after: Duration,
+    },
     /// The deadline passed; `last` is the most recent failure, if any.
     #[error("agent at {addr} not reachable within {waited:?}")]
     Timeout {
@@ -152,7 +167,7 @@ impl AgentClient {
         let deadline = tokio::time::Instant::from_std(start + opts.timeout);
         let mut last = None;
         loop {
-            match tokio::time::timeout_at(deadline, dial(addr)).await {
+            match tokio::time::timeout_at(deadline, bounded(addr, opts.attempt_timeout, dial(addr))).await {
                 Ok(Ok(socket)) => {
                     return Ok(Self::from_socket(
                         addr.clone(),
@@ -216,7 +231,7 @@ impl AgentClient {
                     }),
                 }
             };
-            match tokio::time::timeout_at(tokio_deadline, attempt).await {
+            match tokio::time::timeout_at(tokio_deadline, bounded(addr, opts.attempt_timeout, attempt)).await {
                 Ok(Ok(client)) => return Ok(client),
                 Ok(Err(err)) => last = Some(Box::new(err)),
                 Err(_elapsed) => break,
@@ -318,6 +333,25 @@ pub fn context_with(timeout: Duration) -> Context {
 }
 
 /// Sleeps `interval`, or until `deadline` if sooner. False when the deadline has passed.
+/// `attempt`, failed with [`ClientError::AttemptTimedOut`] if it takes longer than
+/// `bound` (unbounded when `bound` is zero).
+async fn bounded<T>(
+    addr: &AgentAddr,
+    bound: Duration,
+    attempt: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    if bound.is_zero() {
+        return attempt.await;
+    }
+    match tokio::time::timeout(bound, attempt).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(ClientError::AttemptTimedOut {
+            addr: addr.to_string(),
+            after: bound,
+        }),
+    }
+}
+
 async fn pause_before(deadline: tokio::time::Instant, interval: Duration) -> bool {
     let now = tokio::time::Instant::now();
     if now >= deadline {

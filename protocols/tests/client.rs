@@ -79,6 +79,9 @@ enum Proxy {
     Forward(PathBuf),
     /// Send these bytes, then close.
     Reply(&'static [u8]),
+    /// Leave the first CONNECT unanswered (holding its stream open, as a proxy
+    /// whose guest has no vsock buffers yet does), then behave like `Forward`.
+    SilentOnce(PathBuf, Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// Serves a fake hybrid-vsock socket at `path`; returns the CONNECT lines it saw.
@@ -102,7 +105,12 @@ fn start_proxy(path: &Path, behaviour: Proxy) -> tokio::sync::mpsc::UnboundedRec
                     Proxy::Reply(bytes) => {
                         let _ = stream.write_all(bytes).await;
                     }
-                    Proxy::Forward(backend) => {
+                    Proxy::SilentOnce(_, ref first)
+                        if !first.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+                    {
+                        std::future::pending::<()>().await;
+                    }
+                    Proxy::Forward(backend) | Proxy::SilentOnce(backend, _) => {
                         let mut backend = UnixStream::connect(backend).await.unwrap();
                         stream.write_all(b"OK 5000\n").await.unwrap();
                         let _ = tokio::io::copy_bidirectional(&mut stream, &mut backend).await;
@@ -119,6 +127,7 @@ fn quick() -> ConnectOptions {
         timeout: Duration::from_secs(5),
         retry: true,
         retry_interval: Duration::from_millis(20),
+        attempt_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
     }
 }
@@ -374,6 +383,70 @@ async fn wait_ready_waits_for_a_booting_agent() {
         client.version().await.unwrap().agent_version,
         "test-agent 0.1"
     );
+}
+
+#[tokio::test]
+async fn wait_ready_abandons_an_unanswered_connect_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = dir.path().join("agent.sock");
+    let vsock = dir.path().join("vm.vsock");
+    let _server = start_server(&backend, ServingStatus::SERVING).await;
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut seen = start_proxy(&vsock, Proxy::SilentOnce(backend, first));
+    let addr = AgentAddr::HybridVsock {
+        path: vsock,
+        port: 1024,
+    };
+    let opts = ConnectOptions {
+        attempt_timeout: Duration::from_millis(300),
+        ..quick()
+    };
+    let started = Instant::now();
+    let client = AgentClient::wait_ready(&addr, opts, Instant::now() + Duration::from_secs(10))
+        .await
+        .unwrap();
+    // One abandoned attempt, then a second that got through.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(seen.recv().await.unwrap(), "CONNECT 1024\n");
+    assert_eq!(seen.recv().await.unwrap(), "CONNECT 1024\n");
+    assert_eq!(
+        client.version().await.unwrap().agent_version,
+        "test-agent 0.1"
+    );
+}
+
+#[tokio::test]
+async fn connect_reports_an_unanswered_connect_as_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let vsock = dir.path().join("vm.vsock");
+    // A proxy that accepts and never answers any CONNECT.
+    let listener = UnixListener::bind(&vsock).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let addr = AgentAddr::HybridVsock {
+        path: vsock,
+        port: 1024,
+    };
+    let opts = ConnectOptions {
+        timeout: Duration::from_secs(1),
+        attempt_timeout: Duration::from_millis(200),
+        ..quick()
+    };
+    let err = AgentClient::connect(&addr, opts).await.unwrap_err();
+    match err {
+        ClientError::Timeout {
+            last: Some(last), ..
+        } => assert!(
+            matches!(*last, ClientError::AttemptTimedOut { after, .. } if after == Duration::from_millis(200)),
+            "{last:?}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[tokio::test]

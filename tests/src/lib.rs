@@ -139,7 +139,7 @@ impl PodVm {
             Ok(a) => a,
             Err(e) => {
                 let log = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
-                panic!("agent not ready: {e}\nconsole:\n{log}");
+                panic!("agent not ready: {e} ({e:?})\nconsole:\n{log}");
             }
         };
         PodVm { vm, agent, ready_after: started.elapsed(), dir, image }
