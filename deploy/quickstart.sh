@@ -17,7 +17,6 @@
 #    nothing of the image downloaded by the host, exec refused by the pod's policy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 export CARGO_TERM_QUIET=true
 
@@ -36,7 +35,9 @@ export KATA_CC_SHIM=/opt/kata-cc/bin/containerd-shim-kata-cc-v2
 export KATA_CC_SNAPSHOTTER=/opt/kata-cc/bin/kata-cc-snapshotter
 
 say "4/6 a private containerd with the kata-cc runtime and snapshotter, the CNI bridge and the local registry"
-eval "$(KATA_CC_BIN_DIR=/opt/kata-cc/bin bash tests/containerd/start.sh | grep -E '^KATA_CC_[A-Z_]+=' | sed 's/^/export /')"
+# Shell variables, not exported: the confidential pod (part 6) starts the harness's other
+# profile, which must not inherit this instance's directories.
+eval "$(KATA_CC_BIN_DIR=/opt/kata-cc/bin bash tests/containerd/start.sh | grep -E '^KATA_CC_[A-Z_]+=')"
 echo "containerd: $KATA_CC_CTRD_SOCK   log: $KATA_CC_CTRD_LOG   registry: $KATA_CC_REGISTRY"
 
 say "5/6 ctr run in a pod VM (snapshotter kata-cc: containerd downloads no layer; the guest pulls the image)"

@@ -87,6 +87,12 @@ done
 mkdir -p "$DIR" "$RUN" "$SHARED"
 exec 9>"$DIR/lock"
 flock 9
+# One directory, one profile: two containerds on one root would share (and corrupt) one
+# metadata store. A KATA_CC_CTRD_DIR inherited from another profile's output lands here.
+if [[ -f $DIR/profile && $(cat "$DIR/profile") != "$PROFILE" ]]; then
+    die "$DIR belongs to profile $(cat "$DIR/profile"), not $PROFILE: unset KATA_CC_CTRD_DIR/KATA_CC_CTRD_RUN (or give each profile its own)"
+fi
+echo "$PROFILE" >"$DIR/profile"
 # The shared pieces (bridge, pod-side registry, pause image) under their own lock, taken
 # after the instance's (stop.sh takes them in the same order).
 exec 8>"$SHARED/lock"
