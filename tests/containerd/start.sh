@@ -17,6 +17,7 @@
 #       certs.d/               registry hosts (plain HTTP) for 10.88.0.1:5000 and 127.0.0.1:5000
 #       pods/                  log_directory for test pods
 #       snapshotter/           kata-cc-snapshotter metadata (when it runs)
+#       profile                the profile that owns the directory (another one is refused)
 #   $KATA_CC_CTRD_RUN (default /run/kata-cc-ctrd, profile cc: /run/kata-cc-ctrd-cc)
 #       containerd.sock        the gRPC socket (CRI and ctr); state/ containerd's state
 #       kata-cc/               the shim's state_dir
