@@ -128,18 +128,20 @@ pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String>
     let mut copies = Vec::new();
     let mut mounts = Vec::new();
     for m in spec.mounts().clone().unwrap_or_default() {
+        let dest = m.destination().to_string_lossy().into_owned();
+        // Every /dev/shm (containerd's tmpfs, or its bind of the host's pod shm) is the
+        // guest pod's shm, as Kata's shim makes it.
+        if dest == "/dev/shm" {
+            mounts.push(shm_bind());
+            continue;
+        }
         let is_bind = m.typ().as_deref() == Some("bind")
             || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
         if !is_bind {
             mounts.push(m);
             continue;
         }
-        let dest = m.destination().to_string_lossy().into_owned();
         let src = m.source().clone().unwrap_or_default();
-        if dest == "/dev/shm" {
-            mounts.push(shm_bind());
-            continue;
-        }
         let meta = std::fs::metadata(&src)
             .map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?;
         if meta.is_file() {
@@ -162,7 +164,28 @@ pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String>
         mounts.push(nm);
     }
     spec.set_mounts(Some(mounts));
+    guest_namespaces(spec);
     Ok(copies)
+}
+
+/// The namespaces as Kata's shim passes them to its agent: no network namespace (the VM's
+/// is the pod's), no pid namespace (every container gets its own in the guest), no cgroup
+/// namespace, and no paths (host namespace paths mean nothing in the guest).
+fn guest_namespaces(spec: &mut Spec) {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let Some(mut linux) = spec.linux().clone() else { return };
+    if let Some(list) = linux.namespaces().clone() {
+        let kept = list
+            .into_iter()
+            .filter(|n| !matches!(n.typ(), T::Network | T::Pid | T::Cgroup))
+            .map(|mut n| {
+                n.set_path(None);
+                n
+            })
+            .collect();
+        linux.set_namespaces(Some(kept));
+    }
+    spec.set_linux(Some(linux));
 }
 
 /// A container's `/dev/shm`: the pod's shm, as Kata binds it.
@@ -342,12 +365,44 @@ mod tests {
         assert_eq!(reqs[1].data, b"value");
         assert_eq!(reqs[2].data, b"key");
 
+        let mut tmpfs_shm = spec_with(&[], vec![MountBuilder::default().destination("/dev/shm").typ("tmpfs").source("shm").build().unwrap()]);
+        rewrite_spec("c4", &mut tmpfs_shm).unwrap();
+        assert_eq!(tmpfs_shm.mounts().as_ref().unwrap()[0].source().as_deref(), Some(Path::new(SANDBOX_SHM)));
+
         let mut bad = spec_with(&[], vec![bind(Path::new("/nonexistent/x"), "/x")]);
         assert!(rewrite_spec("c2", &mut bad).unwrap_err().contains("/nonexistent/x"));
         let big = tmp.path().join("big");
         std::fs::write(&big, vec![0u8; (MAX_FILE + 1) as usize]).unwrap();
         let mut bad = spec_with(&[], vec![bind(&big, "/big")]);
         assert!(rewrite_spec("c3", &mut bad).unwrap_err().contains("bytes"));
+    }
+
+    #[test]
+    fn namespaces_as_kata_passes_them() {
+        use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType as T};
+        let ns = |t: T, path: Option<&str>| {
+            let mut b = LinuxNamespaceBuilder::default().typ(t);
+            if let Some(p) = path {
+                b = b.path(p);
+            }
+            b.build().unwrap()
+        };
+        let mut s = spec_with(&[], vec![]);
+        let linux = LinuxBuilder::default()
+            .namespaces(vec![
+                ns(T::Pid, None),
+                ns(T::Ipc, Some("/proc/1/ns/ipc")),
+                ns(T::Uts, None),
+                ns(T::Mount, None),
+                ns(T::Network, Some("/var/run/netns/cni-1")),
+                ns(T::Cgroup, None),
+            ])
+            .build()
+            .unwrap();
+        s.set_linux(Some(linux));
+        rewrite_spec("c1", &mut s).unwrap();
+        let got: Vec<_> = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert_eq!(got, vec![ns(T::Ipc, None), ns(T::Uts, None), ns(T::Mount, None)]);
     }
 
     #[test]
