@@ -247,7 +247,7 @@ input_errors := flatten_errs([
 hooks_in_use := [h | some _, list in iter(get(i_oci, "Hooks", {})); some h in iter(list)]
 
 # Device cgroup rules that allow something (deny rules only narrow access).
-allowed_device_rules := [d | some d in iter(get(get(i_linux, "Resources", {}), "Devices", [])); get(d, "allow", true) != false]
+allowed_device_rules := [d | some d in iter(get(get(i_linux, "Resources", {}), "Devices", [])); get(d, "Allow", true) != false]
 
 known_container(id) if data.pstate.containers[id] >= 0
 
@@ -430,12 +430,23 @@ linux_errors(p) := flatten_errs([
 	sysctl_errors,
 ])
 
+# Masked and read-only paths: every listed one must be sent (more only hides more). The
+# sandbox gets containerd's defaults, containers the kubelet's list.
 paths_errors(p) := [] if {
 	p.privileged
 } else := flatten_errs([
-	eq_err("OCI.Linux.MaskedPaths", get(i_linux, "MaskedPaths", []), policy_data.common.masked_paths),
-	eq_err("OCI.Linux.ReadonlyPaths", get(i_linux, "ReadonlyPaths", []), policy_data.common.readonly_paths),
+	required_paths_errors("OCI.Linux.MaskedPaths", get(i_linux, "MaskedPaths", []), required_masked(p)),
+	required_paths_errors("OCI.Linux.ReadonlyPaths", get(i_linux, "ReadonlyPaths", []), required_readonly(p)),
 ])
+
+required_masked(p) := policy_data.common.sandbox_masked_paths if p.type == "sandbox" else := policy_data.common.masked_paths
+
+required_readonly(p) := policy_data.common.sandbox_readonly_paths if p.type == "sandbox" else := policy_data.common.readonly_paths
+
+required_paths_errors(field, sent, required) := [sprintf("%s: sent %s, missing %s", [field, json.marshal(sent), json.marshal(missing)])] if {
+	missing := [r | some r in required; not r in iter(sent)]
+	count(missing) > 0
+} else := []
 
 seccomp_errors(p) := [] if {
 	p.seccomp == "unconfined"

@@ -172,6 +172,12 @@ fn web_pod_allows_its_requests_and_denies_changed_ones() {
         ("a device", |r| {
             r["devices"] = json!([{"id": "x", "type": "blk", "vm_path": "/dev/vda", "container_path": "/dev/x", "options": []}]);
         }, false, "devices"),
+        ("containerd's deny-all device rule", |r| {
+            r["OCI"]["Linux"]["Resources"] = json!({"Devices": [{"Allow": false, "Type": "", "Major": 0, "Minor": 0, "Access": "rwm"}]});
+        }, true, ""),
+        ("a device allow rule", |r| {
+            r["OCI"]["Linux"]["Resources"] = json!({"Devices": [{"Allow": true, "Type": "b", "Major": 254, "Minor": 0, "Access": "rwm"}]});
+        }, false, "OCI.Linux.Resources.Devices (allow rules)"),
         ("another sysctl", |r| {
             r["OCI"]["Linux"]["Sysctl"] = json!({"kernel.core_pattern": "|/evil"});
         }, false, "OCI.Linux.Sysctl: sent kernel.core_pattern"),
