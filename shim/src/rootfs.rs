@@ -164,14 +164,14 @@ pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String>
         mounts.push(nm);
     }
     spec.set_mounts(Some(mounts));
-    guest_namespaces(spec);
     Ok(copies)
 }
 
 /// The namespaces as Kata's shim passes them to its agent: no network namespace (the VM's
 /// is the pod's), no pid namespace (every container gets its own in the guest), no cgroup
-/// namespace, and no paths (host namespace paths mean nothing in the guest).
-fn guest_namespaces(spec: &mut Spec) {
+/// namespace, and no paths (host namespace paths mean nothing in the guest). Applied to
+/// the spec sent to the agent only: the host side still needs the pod's netns path.
+pub fn guest_namespaces(spec: &mut Spec) {
     use oci_spec::runtime::LinuxNamespaceType as T;
     let Some(mut linux) = spec.linux().clone() else { return };
     if let Some(list) = linux.namespaces().clone() {
@@ -400,7 +400,7 @@ mod tests {
             .build()
             .unwrap();
         s.set_linux(Some(linux));
-        rewrite_spec("c1", &mut s).unwrap();
+        guest_namespaces(&mut s);
         let got: Vec<_> = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
         assert_eq!(got, vec![ns(T::Ipc, None), ns(T::Uts, None), ns(T::Mount, None)]);
     }
