@@ -272,7 +272,7 @@ pub fn copy_requests(copy: &HostCopy) -> Result<Vec<pb::CopyFileRequest>, String
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use oci_spec::runtime::MountBuilder;
 
