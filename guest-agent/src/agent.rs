@@ -30,6 +30,10 @@ pub struct AgentConfig {
     pub helper_exe: PathBuf,
     /// True when the agent is PID 1 of the VM (may set hostname, clock, DNS).
     pub init_mode: bool,
+    /// Where the guest's `/run/kata-containers/sandbox` (sandbox storages such as the
+    /// pod's shm) really is: that path in the VM, another directory for a plain-process
+    /// agent (container bind mounts from below it are redirected there).
+    pub sandbox_dir: PathBuf,
 }
 
 /// Largest chunk returned by one ReadStdout/ReadStderr.
@@ -123,6 +127,8 @@ impl Container {
 struct Sandbox {
     id: Option<String>,
     hostname: Option<String>,
+    /// Sandbox storages mounted by CreateSandbox (unmounted by DestroySandbox).
+    storages: Vec<PathBuf>,
     containers: HashMap<String, Arc<Container>>,
     /// Ids reserved by a CreateContainer in progress.
     creating: std::collections::HashSet<String>,
@@ -212,49 +218,63 @@ impl Agent {
 
     // ---- sandbox -------------------------------------------------------------------
 
-    /// CreateSandbox: records the sandbox; as PID 1 also sets the hostname and DNS.
+    /// CreateSandbox: records the sandbox, mounts its storages (only the `ephemeral`
+    /// tmpfs, see [`crate::sandbox_storage`]); as PID 1 also sets the hostname and DNS.
+    /// Everything is checked before anything is changed; a failure undoes the mounts.
     pub async fn create_sandbox(&self, req: pb::CreateSandboxRequest) -> Result<Empty, AgentError> {
         if !req.kernel_modules.is_empty() {
             return Err(AgentError::invalid("kernel_modules", "loading kernel modules on request is not supported"));
         }
-        if !req.storages.is_empty() {
-            return Err(AgentError::invalid("storages", "sandbox storages are not supported yet"));
-        }
         if !req.guest_hook_path.is_empty() {
             return Err(AgentError::invalid("guest_hook_path", "guest hooks are not supported"));
+        }
+        let storages = crate::sandbox_storage::parse(&req.storages)?;
+        if !req.hostname.is_empty() && (req.hostname.len() > 64 || req.hostname.contains(['/', '\0'])) {
+            return Err(AgentError::invalid("hostname", format!("{:?} is not a valid hostname", req.hostname)));
         }
         let mut sb = self.sandbox.lock().await;
         if let Some(id) = &sb.id {
             return Err(AgentError::AlreadyExists { what: "sandbox", id: id.clone() });
         }
-        if !req.hostname.is_empty() {
-            if req.hostname.len() > 64 || req.hostname.contains(['/', '\0']) {
-                return Err(AgentError::invalid("hostname", format!("{:?} is not a valid hostname", req.hostname)));
+        let mounted = crate::sandbox_storage::mount_all(&self.cfg.sandbox_dir, &storages)?;
+        let undo = |e: AgentError| {
+            for p in mounted.iter().rev() {
+                if let Err(ue) = crate::sandbox_storage::unmount(p) {
+                    tracing::warn!("CreateSandbox failed; undoing: {}", crate::error::chain(&ue));
+                }
             }
-            if self.cfg.init_mode {
-                nix::unistd::sethostname(&req.hostname).map_err(|e| AgentError::io("set hostname")(e.into()))?;
-            }
+            e
+        };
+        if self.cfg.init_mode && !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname).map_err(|e| undo(AgentError::io("set hostname")(e.into())))?;
         }
         if self.cfg.init_mode && !req.dns.is_empty() {
             let body: String = req.dns.iter().map(|l| format!("{l}\n")).collect();
-            std::fs::write("/etc/resolv.conf", body).map_err(AgentError::io("write /etc/resolv.conf"))?;
+            std::fs::write("/etc/resolv.conf", body).map_err(|e| undo(AgentError::io("write /etc/resolv.conf")(e)))?;
         }
         sb.id = Some(if req.sandbox_id.is_empty() { "sandbox".into() } else { req.sandbox_id.clone() });
         sb.hostname = (!req.hostname.is_empty()).then(|| req.hostname.clone());
+        sb.storages = mounted;
         Ok(Empty::new())
     }
 
-    /// DestroySandbox: destroys every container and forgets the sandbox.
+    /// DestroySandbox: destroys every container, unmounts the sandbox storages and
+    /// forgets the sandbox.
     pub async fn destroy_sandbox(&self, _req: pb::DestroySandboxRequest) -> Result<Empty, AgentError> {
-        let containers: Vec<Arc<Container>> = {
+        let (containers, storages): (Vec<Arc<Container>>, Vec<PathBuf>) = {
             let mut sb = self.sandbox.lock().await;
             sb.id = None;
             sb.hostname = None;
-            sb.containers.drain().map(|(_, c)| c).collect()
+            (sb.containers.drain().map(|(_, c)| c).collect(), std::mem::take(&mut sb.storages))
         };
         let mut first_err = None;
         for c in containers {
             if let Err(e) = Self::teardown(&c).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        for p in storages.iter().rev() {
+            if let Err(e) = crate::sandbox_storage::unmount(p) {
                 first_err.get_or_insert(e);
             }
         }
@@ -329,6 +349,7 @@ impl Agent {
         crate::spec::adjust(&mut spec, &crate::spec::Adjust {
             container_id: cid,
             shared_dir: &self.cfg.shared_dir,
+            sandbox_dir: &self.cfg.sandbox_dir,
             cgroup_parent: &self.cfg.cgroup_parent,
             hostname: hostname.as_deref(),
         })?;

@@ -33,6 +33,10 @@ pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 /// Its value for the sandbox (pause) container.
 pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";
 
+/// The source Kata's shim (and ours) sends for the sandbox container: not an image, the
+/// guest's built-in pause rootfs.
+pub const PAUSE_PLACEHOLDER: &str = "pause";
+
 /// How images are pulled in this VM.
 #[derive(Clone, Default)]
 pub struct ImagePullConfig {
@@ -265,6 +269,12 @@ impl ImagePuller {
             if let Some(pause) = &self.cfg.pause_rootfs {
                 return bind_pause(pause, &pull.mount_point).map(|p| Some(GuestRootfs::Pause(p)));
             }
+            // Kata's placeholder names no image: never pull Docker Hub's `pause` for it.
+            if pull.image == PAUSE_PLACEHOLDER {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "sandbox container: storages.source {PAUSE_PLACEHOLDER:?} asks for the guest image's built-in pause rootfs, and this guest has none"
+                )));
+            }
         }
         let image = pull.image.as_str();
         let reference: Reference = image
@@ -375,6 +385,20 @@ mod tests {
         s.fstype = "overlay".into();
         s.driver_options = opts.iter().map(|o| o.to_string()).collect();
         s
+    }
+
+    #[tokio::test]
+    async fn sandbox_placeholder_is_never_pulled_without_a_built_in_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let puller = ImagePuller::new(dir.path().join("images"), ImagePullConfig::default());
+        let shared = dir.path().join("shared");
+        let mp = shared.join("p1/rootfs");
+        let opt = r#"image_guest_pull={"metadata":{"io.kubernetes.cri.container-type":"sandbox"}}"#;
+        let st = storage(PAUSE_PLACEHOLDER, mp.to_str().unwrap(), &[opt]);
+        let mut spec = oci_spec::runtime::Spec::default();
+        let e = puller.prepare(&shared, "p1", &[st], &mut spec).await.unwrap_err().to_string();
+        assert!(e.contains("built-in pause rootfs"), "{e}");
+        assert!(!dir.path().join("images").exists(), "something was pulled");
     }
 
     #[test]

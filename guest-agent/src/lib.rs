@@ -17,6 +17,7 @@
 //! - [`api_server`]: the workload endpoint on `127.0.0.1:8006` (CoCo's paths);
 //! - [`spec`]: what the agent enforces on a host-supplied OCI spec;
 //! - [`copy_file`]: `CopyFile` confined to the shared directory;
+//! - [`sandbox_storage`]: CreateSandbox's `ephemeral` tmpfs (the pod's shared /dev/shm);
 //! - [`init`]: PID 1 duties (kernel filesystems, modules, reaping orphans).
 //!
 //! # Example: serve on a unix socket
@@ -30,6 +31,7 @@
 //!     cgroup_parent: "/kata-cc".into(),
 //!     helper_exe: std::env::current_exe()?,
 //!     init_mode: false,
+//!     sandbox_dir: "/run/kata-cc/sandbox".into(),
 //! }));
 //! guest_agent::server::serve("unix:///tmp/agent.sock", agent, guest_agent::gate::Gate::allow_all(), false).await
 //! # }
@@ -49,6 +51,7 @@ pub mod initdata;
 pub mod policy_gate;
 pub mod net;
 pub mod runner;
+pub mod sandbox_storage;
 pub mod server;
 pub mod service;
 pub mod spec;

@@ -148,6 +148,12 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
     };
     let cfg = AgentConfig {
         shared_dir: args.shared_dir,
+        // In the VM, Kata's path; as a plain process, below the state dir (not the host's).
+        sandbox_dir: if init_mode {
+            PathBuf::from(guest_agent::sandbox_storage::SANDBOX_DIR)
+        } else {
+            args.state_dir.join("sandbox")
+        },
         state_dir: args.state_dir,
         cgroup_parent: args.cgroup_parent,
         helper_exe: std::env::current_exe().context("find the agent executable")?,

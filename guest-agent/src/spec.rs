@@ -20,6 +20,9 @@ pub struct Adjust<'a> {
     pub container_id: &'a str,
     /// Root below which the rootfs must lie.
     pub shared_dir: &'a Path,
+    /// Where the guest's `/run/kata-containers/sandbox` really is (see
+    /// `AgentConfig::sandbox_dir`): mount sources below that path are redirected there.
+    pub sandbox_dir: &'a Path,
     /// cgroup parent path.
     pub cgroup_parent: &'a str,
     /// The sandbox hostname, used when the spec sets none.
@@ -32,6 +35,8 @@ pub fn adjust(spec: &mut Spec, a: &Adjust<'_>) -> Result<(), AgentError> {
     if let Some(root) = spec.root_mut() {
         root.set_path(rootfs);
     }
+
+    redirect_sandbox_mounts(spec, a.sandbox_dir);
 
     let process = spec.process_mut().as_mut().ok_or_else(|| AgentError::invalid("OCI.Process", "missing"))?;
     check_process(process)?;
@@ -71,6 +76,23 @@ pub fn adjust(spec: &mut Spec, a: &Adjust<'_>) -> Result<(), AgentError> {
         spec.set_hostname(a.hostname.map(str::to_string));
     }
     Ok(())
+}
+
+/// Mount sources below the guest's sandbox directory (the pod's shm) point at
+/// `sandbox_dir` when the agent keeps it elsewhere (a plain-process agent).
+fn redirect_sandbox_mounts(spec: &mut Spec, sandbox_dir: &Path) {
+    let guest = Path::new(crate::sandbox_storage::SANDBOX_DIR);
+    if sandbox_dir == guest {
+        return;
+    }
+    let Some(mut mounts) = spec.mounts().clone() else { return };
+    for m in &mut mounts {
+        let Some(rel) = m.source().as_deref().and_then(|s| s.strip_prefix(guest).ok()).map(Path::to_path_buf) else {
+            continue;
+        };
+        m.set_source(Some(sandbox_dir.join(rel)));
+    }
+    spec.set_mounts(Some(mounts));
 }
 
 /// `PATH` a process gets when neither the spec nor the image set one (Docker's default).
@@ -151,7 +173,7 @@ mod tests {
         std::fs::create_dir_all(shared.join("c1/rootfs")).unwrap();
         std::fs::create_dir_all(t.path().join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(t.path().join("elsewhere"), shared.join("c1/link")).unwrap();
-        let a = Adjust { container_id: "c1", shared_dir: &shared, cgroup_parent: "/kata-cc", hostname: Some("pod") };
+        let a = Adjust { container_id: "c1", shared_dir: &shared, sandbox_dir: Path::new("/run/kata-containers/sandbox"), cgroup_parent: "/kata-cc", hostname: Some("pod") };
 
         let mut s = spec_with_root("rootfs");
         adjust(&mut s, &a).unwrap();

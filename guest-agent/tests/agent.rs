@@ -559,6 +559,83 @@ async fn destroy_sandbox_kills_everything() {
     assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
 }
 
+fn shm_storage(opts: &[&str]) -> pb::Storage {
+    let mut s = pb::Storage::new();
+    s.driver = "ephemeral".into();
+    s.source = "shm".into();
+    s.fstype = "tmpfs".into();
+    s.mount_point = "/run/kata-containers/sandbox/shm".into();
+    s.options = opts.iter().map(|o| o.to_string()).collect();
+    s
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    let p = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split_whitespace().nth(4) == Some(p.as_str()))
+}
+
+/// Kata's pod shm: CreateSandbox mounts the `ephemeral` tmpfs, every container binds it as
+/// /dev/shm (one shm for the pod), DestroySandbox unmounts it; bad storages are refused
+/// naming the field, with nothing mounted.
+#[tokio::test]
+async fn sandbox_shm_storage_is_shared_by_the_containers_and_unmounted() {
+    let t = TestAgent::start().await;
+    // The plain-process agent keeps the guest's /run/kata-containers/sandbox below its state dir.
+    let shm = t.dir.path().join("state/sandbox/shm");
+    let bad_cases: Vec<(pb::Storage, &str)> = vec![
+        (shm_storage(&["nosuid", "size=1g1"]), "storages.options"),
+        (shm_storage(&["size=4g"]), "storages.options"),
+        ({ let mut s = shm_storage(&["size=1m"]); s.mount_point = "/run/kata-containers/shared/containers/x".into(); s }, "storages.mount_point"),
+        ({ let mut s = shm_storage(&["size=1m"]); s.mount_point = "/run/kata-containers/sandbox/../../../etc".into(); s }, "storages.mount_point"),
+        ({ let mut s = shm_storage(&["size=1m"]); s.driver = "local".into(); s }, "storages.driver"),
+        ({ let mut s = shm_storage(&["size=1m"]); s.fstype = "ext4".into(); s }, "storages.fstype"),
+    ];
+    for (st, field) in bad_cases {
+        let mut r = pb::CreateSandboxRequest::new();
+        r.sandbox_id = "pod".into();
+        r.storages = vec![st.clone()];
+        let e = t.client.agent().create_sandbox(t.client.context(), &r).await.unwrap_err();
+        assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{st:?}");
+        assert!(message(&e).contains(field), "{st:?}: {}", message(&e));
+        assert!(!is_mount_point(&shm));
+    }
+    let mut r = pb::CreateSandboxRequest::new();
+    r.sandbox_id = "pod".into();
+    r.storages = vec![shm_storage(&["noexec", "nosuid", "nodev", "mode=1777", "size=4m"])];
+    t.client.agent().create_sandbox(t.client.context(), &r).await.unwrap();
+    assert!(is_mount_point(&shm), "no tmpfs at {}", shm.display());
+
+    let with_shm = |cid: &str, args: &[&str]| {
+        let mut spec = t.spec(cid, args);
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/dev/shm")
+                .typ("bind")
+                .source("/run/kata-containers/sandbox/shm")
+                .options(vec!["rbind".to_string()])
+                .build()
+                .unwrap(),
+        );
+        spec.set_mounts(Some(mounts));
+        spec
+    };
+    t.create("w", &with_shm("w", &["sh", "-c", "echo shared > /dev/shm/x"])).await.unwrap();
+    t.start_container("w").await.unwrap();
+    assert_eq!(t.wait("w", "").await.unwrap(), 0);
+    t.create("r", &with_shm("r", &["sh", "-c", "cat /dev/shm/x; grep ' /dev/shm ' /proc/mounts"])).await.unwrap();
+    t.start_container("r").await.unwrap();
+    let out = t.read_all("r", "", true).await;
+    assert!(out.starts_with("shared\nshm /dev/shm tmpfs "), "{out}");
+    assert!(out.contains("size=4096k"), "{out}");
+    assert_eq!(std::fs::read_to_string(shm.join("x")).unwrap(), "shared\n");
+
+    t.client.agent().destroy_sandbox(t.client.context(), &pb::DestroySandboxRequest::new()).await.unwrap();
+    assert!(!is_mount_point(&shm), "{} still mounted after DestroySandbox", shm.display());
+    assert!(!shm.exists());
+}
+
 const TEST_POLICY: &str = r#"package agent_policy
 import rego.v1
 default AllowAll := true

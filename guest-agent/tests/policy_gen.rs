@@ -442,7 +442,7 @@ async fn generated_policy_denies_changed_containers_with_reasons() {
         }, "worker: OCI.Process.Capabilities.Bounding: sent CAP_SYS_ADMIN, not allowed".into()),
         ("privileged: nothing masked", &worker, |r| {
             r["OCI"]["Linux"]["MaskedPaths"] = json!([]);
-        }, "worker: OCI.Linux.MaskedPaths: sent [], allowed [\"/proc/asound\"".into()),
+        }, "worker: OCI.Linux.MaskedPaths: sent [], missing [\"/proc/asound\"".into()),
         ("privilege escalation allowed", &worker, |r| {
             r["OCI"]["Process"]["NoNewPrivileges"] = json!(false);
         }, "worker: OCI.Process.NoNewPrivileges: sent false, allowed true".into()),

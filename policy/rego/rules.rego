@@ -247,7 +247,7 @@ input_errors := flatten_errs([
 hooks_in_use := [h | some _, list in iter(get(i_oci, "Hooks", {})); some h in iter(list)]
 
 # Device cgroup rules that allow something (deny rules only narrow access).
-allowed_device_rules := [d | some d in iter(get(get(i_linux, "Resources", {}), "Devices", [])); get(d, "allow", true) != false]
+allowed_device_rules := [d | some d in iter(get(get(i_linux, "Resources", {}), "Devices", [])); get(d, "Allow", true) != false]
 
 known_container(id) if data.pstate.containers[id] >= 0
 
@@ -257,18 +257,32 @@ record_container(id, idx) := ops if {
 } else := [{"op": "add", "path": "/pstate/containers", "value": {id: idx}}]
 
 # The image must be the pinned one, named by the CRI annotation and pulled in the guest.
-image_errors(p) := flatten_errs([
+# The sandbox (pause) container is the exception: the agent mounts the guest image's own
+# (measured) pause rootfs for it and pulls nothing, so its CRI image name (containerd's
+# sandbox_image, whatever the cluster configured) selects nothing and is not checked, and
+# its storage names either the pinned pause image or Kata's placeholder "pause"; its
+# command, env, user, mounts etc. are checked like any container's.
+image_errors(p) := storage_errors(p) if {
+	p.type == "sandbox"
+} else := flatten_errs([
 	in_err(sprintf("OCI.Annotations[%s]", [IMAGE_KEY]), anno(IMAGE_KEY), p.image_names),
 	storage_errors(p),
 ])
 
-rootfs_path := concat("", ["/run/kata-containers/", input.container_id, "/rootfs"])
+# Where the guest-pulled rootfs may be mounted: Kata's path, or below $(cpath) (kata-cc's
+# agent keeps container rootfs below its shared directory). OCI.Root.Path must be the
+# mount point of the image_guest_pull storage, so the container runs the pulled image.
+rootfs_paths := [
+	concat("", ["/run/kata-containers/", input.container_id, "/rootfs"]),
+	concat("", [policy_data.common.cpath, "/", input.container_id, "/rootfs"]),
+]
+
+i_pulls := [s | some s in iter(get(input, "storages", [])); s.driver == "image_guest_pull"]
 
 storage_errors(p) := errs if {
 	storages := iter(get(input, "storages", []))
-	pulls := [s | some s in storages; s.driver == "image_guest_pull"]
-	bad_pulls := [sprintf("storages: image_guest_pull %s, allowed source one of %s at %s", [json.marshal(s.source), json.marshal(p.image_names), rootfs_path]) |
-		some s in pulls
+	bad_pulls := [sprintf("storages: image_guest_pull %s at %s, allowed source one of %s at one of %s", [json.marshal(s.source), json.marshal(s.mount_point), json.marshal(image_sources(p)), json.marshal(rootfs_paths)]) |
+		some s in i_pulls
 		not image_storage_ok(p, s)
 	]
 	others := [sprintf("storages: sent %s, not allowed", [json.marshal(s)]) |
@@ -276,12 +290,16 @@ storage_errors(p) := errs if {
 		s.driver != "image_guest_pull"
 		not volume_storage_ok(p, s)
 	]
-	errs := flatten_errs([eq_err("storages (image_guest_pull count)", count(pulls), 1), bad_pulls, others])
+	errs := flatten_errs([eq_err("storages (image_guest_pull count)", count(i_pulls), 1), bad_pulls, others])
 }
 
+image_sources(p) := array.concat(p.image_names, ["pause"]) if {
+	p.type == "sandbox"
+} else := p.image_names
+
 image_storage_ok(p, s) if {
-	s.source in p.image_names
-	s.mount_point == rootfs_path
+	s.source in image_sources(p)
+	s.mount_point in rootfs_paths
 }
 
 volume_storage_ok(p, s) if {
@@ -290,8 +308,14 @@ volume_storage_ok(p, s) if {
 	regex.match(concat("", ["^", expand(ps.mount_point), "$"]), s.mount_point)
 }
 
+i_root_path := get(get(i_oci, "Root", {}), "Path", null)
+
 eq_root_errors(p) := flatten_errs([
-	eq_err("OCI.Root.Path", get(get(i_oci, "Root", {}), "Path", null), rootfs_path),
+	in_err("OCI.Root.Path", i_root_path, rootfs_paths),
+	[sprintf("OCI.Root.Path: sent %s, but the image_guest_pull storage is mounted at %s", [json.marshal(i_root_path), json.marshal(s.mount_point)]) |
+		some s in i_pulls
+		s.mount_point != i_root_path
+	],
 	readonly_root_errors(p),
 ])
 
@@ -406,12 +430,23 @@ linux_errors(p) := flatten_errs([
 	sysctl_errors,
 ])
 
+# Masked and read-only paths: every listed one must be sent (more only hides more). The
+# sandbox gets containerd's defaults, containers the kubelet's list.
 paths_errors(p) := [] if {
 	p.privileged
 } else := flatten_errs([
-	eq_err("OCI.Linux.MaskedPaths", get(i_linux, "MaskedPaths", []), policy_data.common.masked_paths),
-	eq_err("OCI.Linux.ReadonlyPaths", get(i_linux, "ReadonlyPaths", []), policy_data.common.readonly_paths),
+	required_paths_errors("OCI.Linux.MaskedPaths", get(i_linux, "MaskedPaths", []), required_masked(p)),
+	required_paths_errors("OCI.Linux.ReadonlyPaths", get(i_linux, "ReadonlyPaths", []), required_readonly(p)),
 ])
+
+required_masked(p) := policy_data.common.sandbox_masked_paths if p.type == "sandbox" else := policy_data.common.masked_paths
+
+required_readonly(p) := policy_data.common.sandbox_readonly_paths if p.type == "sandbox" else := policy_data.common.readonly_paths
+
+required_paths_errors(field, sent, required) := [sprintf("%s: sent %s, missing %s", [field, json.marshal(sent), json.marshal(missing)])] if {
+	missing := [r | some r in required; not r in iter(sent)]
+	count(missing) > 0
+} else := []
 
 seccomp_errors(p) := [] if {
 	p.seccomp == "unconfined"

@@ -172,6 +172,12 @@ fn web_pod_allows_its_requests_and_denies_changed_ones() {
         ("a device", |r| {
             r["devices"] = json!([{"id": "x", "type": "blk", "vm_path": "/dev/vda", "container_path": "/dev/x", "options": []}]);
         }, false, "devices"),
+        ("containerd's deny-all device rule", |r| {
+            r["OCI"]["Linux"]["Resources"] = json!({"Devices": [{"Allow": false, "Type": "", "Major": 0, "Minor": 0, "Access": "rwm"}]});
+        }, true, ""),
+        ("a device allow rule", |r| {
+            r["OCI"]["Linux"]["Resources"] = json!({"Devices": [{"Allow": true, "Type": "b", "Major": 254, "Minor": 0, "Access": "rwm"}]});
+        }, false, "OCI.Linux.Resources.Devices (allow rules)"),
         ("another sysctl", |r| {
             r["OCI"]["Linux"]["Sysctl"] = json!({"kernel.core_pattern": "|/evil"});
         }, false, "OCI.Linux.Sysctl: sent kernel.core_pattern"),
@@ -212,6 +218,47 @@ fn web_pod_allows_its_requests_and_denies_changed_ones() {
         ("CreateSandboxRequest", sandbox(), true, None),
         ("CreateContainerRequest", evil_pause, false, Some("pause: OCI.Process.Args")),
     ]);
+
+    // The pause container runs the guest image's built-in pause rootfs: its CRI image name
+    // (the cluster's sandbox_image) is not checked, and its storage may name Kata's
+    // placeholder "pause"; any other source is still refused, and so is the placeholder
+    // for an ordinary container.
+    let mut kata_pause = pause.clone();
+    kata_pause["OCI"]["Annotations"]["io.kubernetes.cri.image-name"] = json!("10.88.0.1:5000/kata-cc/pause:1");
+    kata_pause["storages"][0]["source"] = json!("pause");
+    let mut other_source = kata_pause.clone();
+    other_source["storages"][0]["source"] = json!("evil.io/pause:1");
+    let mut pause_nginx = nginx.clone();
+    pause_nginx["storages"][0]["source"] = json!("pause");
+    run(p, "pause as Kata and kata-cc send it", &[
+        ("CreateSandboxRequest", sandbox(), true, None),
+        ("CreateContainerRequest", other_source, false, Some("pause: storages: image_guest_pull \"evil.io/pause:1\"")),
+        ("CreateContainerRequest", kata_pause, true, None),
+        ("CreateContainerRequest", pause_nginx, false, Some("nginx: storages: image_guest_pull \"pause\"")),
+    ]);
+
+    // kata-cc's agent keeps the rootfs below $(cpath): allowed when the root is the pull's
+    // mount point; a root elsewhere, or not where the image is mounted, is refused.
+    let ours = format!("{CPATH}/{}/rootfs", cid('b'));
+    let mut ours_req = nginx.clone();
+    ours_req["storages"][0]["mount_point"] = json!(ours);
+    ours_req["OCI"]["Root"]["Path"] = json!(ours);
+    let mut split = nginx.clone();
+    split["storages"][0]["mount_point"] = json!(ours);
+    let mut elsewhere = ours_req.clone();
+    elsewhere["storages"][0]["mount_point"] = json!("/tmp/rootfs");
+    elsewhere["OCI"]["Root"]["Path"] = json!("/tmp/rootfs");
+    for (label, req, allowed, reason) in [
+        ("rootfs below cpath", ours_req, true, None),
+        ("root not the pulled image", split, false, Some("but the image_guest_pull storage is mounted at")),
+        ("rootfs elsewhere", elsewhere, false, Some("at \"/tmp/rootfs\", allowed source")),
+    ] {
+        run(p, label, &[
+            ("CreateSandboxRequest", sandbox(), true, None),
+            ("CreateContainerRequest", pause.clone(), true, None),
+            ("CreateContainerRequest", req, allowed, reason),
+        ]);
+    }
 }
 
 #[test]

@@ -21,6 +21,13 @@ pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// The image of a CRI container.
 pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
+/// The guest directory of sandbox storages (Kata's), and the pod's shm in it: an
+/// `ephemeral` tmpfs CreateSandbox asks for ([`sandbox_shm_storage`]), which every
+/// container's `/dev/shm` binds.
+pub const SANDBOX_SHM: &str = "/run/kata-containers/sandbox/shm";
+/// Size of the pod's shm (containerd's and Kata's default, 64 MiB).
+pub const SHM_SIZE: u64 = 64 * 1024 * 1024;
+
 /// Largest host file copied into the guest for a bind mount.
 const MAX_FILE: u64 = 1024 * 1024;
 /// Most entries and bytes of a host directory copied into the guest for a bind mount.
@@ -70,31 +77,73 @@ pub struct HostCopy {
     pub dst: String,
 }
 
+/// The storage CreateSandbox carries for the pod's shm (what Kata's shim sends).
+pub fn sandbox_shm_storage() -> pb::Storage {
+    let mut s = pb::Storage::new();
+    s.driver = "ephemeral".into();
+    s.source = "shm".into();
+    s.fstype = "tmpfs".into();
+    s.mount_point = SANDBOX_SHM.into();
+    s.options = ["noexec", "nosuid", "nodev", "mode=1777"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("size={SHM_SIZE}")])
+        .collect();
+    s
+}
+
+/// 16 random lowercase hex characters (from the kernel's CSPRNG), as Kata's shim puts
+/// in the guest names of copied files.
+fn random_hex16() -> Result<String, String> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The guest name of a copied host file or directory, Kata's:
+/// `<SHARED_DIR>/<cid>-<16 random hex>-<basename of the host path>` (characters outside
+/// `[A-Za-z0-9._-]` in the basename become `_`).
+fn guest_copy_path(cid: &str, src: &Path) -> Result<String, String> {
+    let base: String = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .unwrap_or_else(|| "mount".to_string())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect();
+    Ok(format!("{SHARED_DIR}/{cid}-{}-{base}", random_hex16()?))
+}
+
 /// Rewrites `spec` for the guest: rootfs path, and every bind mount either copied in
-/// (files; small directories), turned into a guest tmpfs (`/dev/shm`), or refused.
-/// Returns the copies to make.
+/// (files; small directories), turned into a bind of the pod's shm (`/dev/shm`), or
+/// refused. Returns the copies to make.
 pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String> {
     let mut root = spec.root().clone().unwrap_or_default();
     root.set_path(PathBuf::from(format!("{SHARED_DIR}/{cid}/rootfs")));
     spec.set_root(Some(root));
     let mut copies = Vec::new();
     let mut mounts = Vec::new();
-    for (i, m) in spec.mounts().clone().unwrap_or_default().into_iter().enumerate() {
+    for m in spec.mounts().clone().unwrap_or_default() {
+        let dest = m.destination().to_string_lossy().into_owned();
+        // Every /dev/shm (containerd's tmpfs, or its bind of the host's pod shm) is the
+        // guest pod's shm, as Kata's shim makes it.
+        if dest == "/dev/shm" {
+            mounts.push(shm_bind());
+            continue;
+        }
         let is_bind = m.typ().as_deref() == Some("bind")
             || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
         if !is_bind {
             mounts.push(m);
             continue;
         }
-        let dest = m.destination().to_string_lossy().into_owned();
         let src = m.source().clone().unwrap_or_default();
-        if dest == "/dev/shm" {
-            mounts.push(tmpfs("/dev/shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]));
-            continue;
-        }
         let meta = std::fs::metadata(&src)
             .map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?;
-        let guest = format!("{SHARED_DIR}/{cid}-mounts/{i}");
         if meta.is_file() {
             if meta.len() > MAX_FILE {
                 return Err(format!(
@@ -108,6 +157,7 @@ pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String>
         } else {
             return Err(format!("bind mount {} -> {dest}: only files and directories are copied into the VM", src.display()));
         }
+        let guest = guest_copy_path(cid, &src)?;
         copies.push(HostCopy { src: src.clone(), dst: guest.clone() });
         let mut nm = m.clone();
         nm.set_source(Some(PathBuf::from(guest)));
@@ -117,12 +167,34 @@ pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String>
     Ok(copies)
 }
 
-fn tmpfs(dest: &str, opts: &[&str]) -> Mount {
+/// The namespaces as Kata's shim passes them to its agent: no network namespace (the VM's
+/// is the pod's), no pid namespace (every container gets its own in the guest), no cgroup
+/// namespace, and no paths (host namespace paths mean nothing in the guest). Applied to
+/// the spec sent to the agent only: the host side still needs the pod's netns path.
+pub fn guest_namespaces(spec: &mut Spec) {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let Some(mut linux) = spec.linux().clone() else { return };
+    if let Some(list) = linux.namespaces().clone() {
+        let kept = list
+            .into_iter()
+            .filter(|n| !matches!(n.typ(), T::Network | T::Pid | T::Cgroup))
+            .map(|mut n| {
+                n.set_path(None);
+                n
+            })
+            .collect();
+        linux.set_namespaces(Some(kept));
+    }
+    spec.set_linux(Some(linux));
+}
+
+/// A container's `/dev/shm`: the pod's shm, as Kata binds it.
+fn shm_bind() -> Mount {
     let mut m = Mount::default();
-    m.set_destination(PathBuf::from(dest));
-    m.set_typ(Some("tmpfs".into()));
-    m.set_source(Some(PathBuf::from("shm")));
-    m.set_options(Some(opts.iter().map(|s| s.to_string()).collect()));
+    m.set_destination(PathBuf::from("/dev/shm"));
+    m.set_typ(Some("bind".into()));
+    m.set_source(Some(PathBuf::from(SANDBOX_SHM)));
+    m.set_options(Some(vec!["rbind".to_string()]));
     m
 }
 
@@ -200,7 +272,7 @@ pub fn copy_requests(copy: &HostCopy) -> Result<Vec<pb::CopyFileRequest>, String
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use oci_spec::runtime::MountBuilder;
 
@@ -240,33 +312,62 @@ mod tests {
         assert!(image_reference(&s, &[empty]).is_err());
     }
 
+    /// `<SHARED_DIR>/<cid>-<16 hex>-<name>`: the random part, and the name.
+    fn kata_name<'a>(path: &'a str, cid: &str) -> (&'a str, &'a str) {
+        let rest = path.strip_prefix(&format!("{SHARED_DIR}/{cid}-")).unwrap_or_else(|| panic!("{path}"));
+        let (rand, name) = rest.split_at(16);
+        assert!(rand.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{path}");
+        (rand, name.strip_prefix('-').unwrap_or_else(|| panic!("{path}")))
+    }
+
     #[test]
-    fn bind_mounts_are_copied_shm_becomes_tmpfs_and_the_rest_refused() {
+    fn bind_mounts_are_copied_with_kata_names_shm_binds_the_pod_shm_and_the_rest_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let hosts = tmp.path().join("hosts");
         std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
-        let cm = tmp.path().join("cm");
+        let cm = tmp.path().join("my-config");
         std::fs::create_dir(&cm).unwrap();
         std::fs::write(cm.join("key"), "value").unwrap();
         std::os::unix::fs::symlink("key", cm.join("link")).unwrap();
+        let odd = tmp.path().join("a b");
+        std::fs::write(&odd, "x").unwrap();
         let proc_m = MountBuilder::default().destination("/proc").typ("proc").source("proc").build().unwrap();
         let mut s = spec_with(
             &[],
-            vec![proc_m, bind(&hosts, "/etc/hosts"), bind(Path::new("/nonexistent-shm"), "/dev/shm"), bind(&cm, "/etc/cm")],
+            vec![
+                proc_m,
+                bind(&hosts, "/etc/hosts"),
+                bind(Path::new("/nonexistent-shm"), "/dev/shm"),
+                bind(&cm, "/etc/cm"),
+                bind(&odd, "/odd"),
+            ],
         );
         let copies = rewrite_spec("c1", &mut s).unwrap();
         assert_eq!(s.root().as_ref().unwrap().path(), Path::new(&format!("{SHARED_DIR}/c1/rootfs")));
         let ms = s.mounts().clone().unwrap();
         assert_eq!(ms[0].typ().as_deref(), Some("proc"));
-        assert_eq!(ms[1].source().as_deref(), Some(Path::new(&format!("{SHARED_DIR}/c1-mounts/1"))));
-        assert_eq!(ms[2].typ().as_deref(), Some("tmpfs"));
-        assert_eq!(copies.len(), 2);
+        let hosts_dst = ms[1].source().as_ref().unwrap().to_str().unwrap().to_string();
+        let (r1, name) = kata_name(&hosts_dst, "c1");
+        assert_eq!(name, "hosts");
+        assert_eq!(ms[2].typ().as_deref(), Some("bind"));
+        assert_eq!(ms[2].source().as_deref(), Some(Path::new(SANDBOX_SHM)));
+        assert_eq!(ms[2].options().as_deref(), Some(&["rbind".to_string()][..]));
+        assert_eq!(copies.len(), 3);
+        assert_eq!(copies[0].dst, hosts_dst);
+        let (r2, name) = kata_name(&copies[1].dst, "c1");
+        assert_eq!(name, "my-config");
+        assert_ne!(r1, r2, "the random parts repeat");
+        assert_eq!(kata_name(&copies[2].dst, "c1").1, "a_b");
         let reqs = copy_requests(&copies[1]).unwrap();
         let paths: Vec<_> = reqs.iter().map(|r| r.path.clone()).collect();
-        let d = format!("{SHARED_DIR}/c1-mounts/3");
+        let d = copies[1].dst.clone();
         assert_eq!(paths, [d.clone(), format!("{d}/key"), format!("{d}/link")]);
         assert_eq!(reqs[1].data, b"value");
         assert_eq!(reqs[2].data, b"key");
+
+        let mut tmpfs_shm = spec_with(&[], vec![MountBuilder::default().destination("/dev/shm").typ("tmpfs").source("shm").build().unwrap()]);
+        rewrite_spec("c4", &mut tmpfs_shm).unwrap();
+        assert_eq!(tmpfs_shm.mounts().as_ref().unwrap()[0].source().as_deref(), Some(Path::new(SANDBOX_SHM)));
 
         let mut bad = spec_with(&[], vec![bind(Path::new("/nonexistent/x"), "/x")]);
         assert!(rewrite_spec("c2", &mut bad).unwrap_err().contains("/nonexistent/x"));
@@ -274,6 +375,42 @@ mod tests {
         std::fs::write(&big, vec![0u8; (MAX_FILE + 1) as usize]).unwrap();
         let mut bad = spec_with(&[], vec![bind(&big, "/big")]);
         assert!(rewrite_spec("c3", &mut bad).unwrap_err().contains("bytes"));
+    }
+
+    #[test]
+    fn namespaces_as_kata_passes_them() {
+        use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType as T};
+        let ns = |t: T, path: Option<&str>| {
+            let mut b = LinuxNamespaceBuilder::default().typ(t);
+            if let Some(p) = path {
+                b = b.path(p);
+            }
+            b.build().unwrap()
+        };
+        let mut s = spec_with(&[], vec![]);
+        let linux = LinuxBuilder::default()
+            .namespaces(vec![
+                ns(T::Pid, None),
+                ns(T::Ipc, Some("/proc/1/ns/ipc")),
+                ns(T::Uts, None),
+                ns(T::Mount, None),
+                ns(T::Network, Some("/var/run/netns/cni-1")),
+                ns(T::Cgroup, None),
+            ])
+            .build()
+            .unwrap();
+        s.set_linux(Some(linux));
+        guest_namespaces(&mut s);
+        let got: Vec<_> = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert_eq!(got, vec![ns(T::Ipc, None), ns(T::Uts, None), ns(T::Mount, None)]);
+    }
+
+    #[test]
+    fn sandbox_shm_storage_as_kata_sends_it() {
+        let s = sandbox_shm_storage();
+        assert_eq!((s.driver.as_str(), s.source.as_str(), s.fstype.as_str()), ("ephemeral", "shm", "tmpfs"));
+        assert_eq!(s.mount_point, "/run/kata-containers/sandbox/shm");
+        assert_eq!(s.options, ["noexec", "nosuid", "nodev", "mode=1777", "size=67108864"]);
     }
 
     #[test]

@@ -273,7 +273,7 @@ async fn start_in(
 }
 
 /// Interface, routes and neighbours of the pod network (or the user-mode NIC), then
-/// CreateSandbox with the pod's hostname.
+/// CreateSandbox with the pod's hostname and shm storage.
 async fn setup_guest(
     agent: &AgentClient,
     spec: &oci_spec::runtime::Spec,
@@ -309,6 +309,8 @@ async fn setup_guest(
     }
     let mut r = pb::CreateSandboxRequest::new();
     r.hostname = spec.hostname().clone().unwrap_or_default();
+    // The pod's /dev/shm, which every container binds (Kata's scheme).
+    r.storages = vec![crate::rootfs::sandbox_shm_storage()];
     a.create_sandbox(agent.context(), &r).await.map_err(err("CreateSandbox"))?;
     Ok(())
 }

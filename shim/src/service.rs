@@ -387,7 +387,9 @@ impl TaskService {
         let mut r = pb::CreateContainerRequest::new();
         r.container_id = req.id.clone();
         r.exec_id = req.id.clone();
-        r.OCI = MessageField::some(protocols::convert::spec_to_grpc(spec));
+        let mut guest_spec = spec.clone();
+        rootfs::guest_namespaces(&mut guest_spec);
+        r.OCI = MessageField::some(protocols::convert::spec_to_grpc(&guest_spec));
         r.storages = vec![rootfs::guest_pull_storage(&req.id, image, spec)];
         let t = Instant::now();
         agent

@@ -417,7 +417,19 @@ impl Pod {
         handler: &str,
         customize: impl FnOnce(&mut pb::PodSandboxConfig),
     ) -> Pod {
-        let name = unique_name(prefix);
+        Self::run_named(ctrd, cri, &unique_name(prefix), handler, customize).await
+    }
+
+    /// Like [`Pod::run_in`] for a pod named exactly `name` (a test that must know the name
+    /// beforehand, e.g. for its policy; make it unique with [`unique_name`]).
+    pub async fn run_named(
+        ctrd: &'static Containerd,
+        cri: &mut Cri,
+        name: &str,
+        handler: &str,
+        customize: impl FnOnce(&mut pb::PodSandboxConfig),
+    ) -> Pod {
+        let name = name.to_string();
         let log_dir = ctrd.pod_log_dir.join(&name);
         std::fs::create_dir_all(&log_dir).unwrap();
         let mut config = Self::config(&name, &log_dir);

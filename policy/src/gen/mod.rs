@@ -13,7 +13,8 @@
 //!   "common": {                      // from the settings; the same for every pod
 //!     "cpath": "/run/kata-containers/shared/containers",
 //!     "default_caps": [...], "privileged_caps": [...],
-//!     "masked_paths": [...], "readonly_paths": [...],
+//!     "masked_paths": [...], "readonly_paths": [...],   // containers: these, or more
+//!     "sandbox_masked_paths": [...], "sandbox_readonly_paths": [...], // pause: at least
 //!     "default_mounts": [Mount...],   // what the CRI gives every container (/proc, /dev, ...)
 //!     "default_sysctls": {"net.ipv4.ping_group_range": "0 2147483647", ...},
 //!     "allow_env_regex": [...],       // env vars Kubernetes injects (services)
@@ -109,10 +110,19 @@ pub struct Common {
     pub default_caps: Vec<String>,
     /// Capabilities of a privileged container.
     pub privileged_caps: Vec<String>,
-    /// `Linux.MaskedPaths` of a non-privileged container, exactly.
+    /// `Linux.MaskedPaths` a non-privileged container must have (at least: masking more
+    /// only hides more).
     pub masked_paths: Vec<String>,
-    /// `Linux.ReadonlyPaths` of a non-privileged container, exactly.
+    /// `Linux.ReadonlyPaths` a non-privileged container must have (at least).
     pub readonly_paths: Vec<String>,
+    /// `Linux.MaskedPaths` the sandbox (pause) container must have at least: containerd's
+    /// defaults, those common to containerd 1.6 and 1.7 (the kubelet's list above is for
+    /// containers only).
+    #[serde(default = "default_sandbox_masked_paths")]
+    pub sandbox_masked_paths: Vec<String>,
+    /// `Linux.ReadonlyPaths` the sandbox (pause) container must have at least.
+    #[serde(default = "default_sandbox_readonly_paths")]
+    pub sandbox_readonly_paths: Vec<String>,
     /// Mounts every container gets from the CRI.
     pub default_mounts: Vec<MountData>,
     /// Sysctls the CRI may set on every container.
@@ -305,6 +315,8 @@ impl Default for Settings {
                     "/proc/sys",
                     "/proc/sysrq-trigger",
                 ]),
+                sandbox_masked_paths: default_sandbox_masked_paths(),
+                sandbox_readonly_paths: default_sandbox_readonly_paths(),
                 default_mounts: vec![
                     mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
                     mount(
@@ -358,6 +370,23 @@ impl Default for Settings {
             platform: "linux/amd64".to_owned(),
         }
     }
+}
+
+fn default_sandbox_masked_paths() -> Vec<String> {
+    [
+        "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+        "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+fn default_sandbox_readonly_paths() -> Vec<String> {
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        .into_iter()
+        .map(String::from)
+        .collect()
 }
 
 impl Default for Common {

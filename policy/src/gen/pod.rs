@@ -193,12 +193,13 @@ fn pause(ctx: &Ctx<'_>, images: &ImageStore) -> Result<ContainerData, PodError> 
     let (uid, gid) = image_user(&config, "pause")?;
     let pinned = image_ref.pinned(&digest);
     let mut mounts = Vec::new();
-    for ro in ["ro", "rw"] {
+    // containerd 1.7+ adds nosuid/nodev/noexec; 1.6 sends `rbind, ro` only.
+    for options in [&["rbind", "ro", "nosuid", "nodev", "noexec"][..], &["rbind", "rw", "nosuid", "nodev", "noexec"], &["rbind", "ro"]] {
         mounts.push(MountData {
             destination: "/etc/resolv.conf".to_owned(),
             kind: "bind".to_owned(),
             source: format!("{SHARED_PREFIX}resolv\\.conf"),
-            options: strings(&["rbind", ro, "nosuid", "nodev", "noexec"]),
+            options: strings(options),
             required: false,
         });
     }
@@ -215,7 +216,8 @@ fn pause(ctx: &Ctx<'_>, images: &ImageStore) -> Result<ContainerData, PodError> 
             Cwd: config.working_dir.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "/".to_owned()),
             UID: uid,
             GID: gid,
-            Env: with_default_path(config.env.clone().unwrap_or_default()),
+            // containerd gives the sandbox the image's env only (no default PATH).
+            Env: config.env.clone().unwrap_or_default(),
             EnvRegex: Vec::new(),
             NoNewPrivileges: true,
             Terminal: false,
