@@ -11,6 +11,7 @@ use protocols::{AgentAddr, AgentClient, ConnectOptions};
 
 pub mod attest;
 pub mod cri;
+pub mod genpolicy;
 
 /// How to get what these tests need (CI does both).
 pub const SETUP: &str =

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use k8s_cri::v1 as pb;
 use kata_cc_tests::cri::{containerd, unique_name, within, Cri, Pod, KATA_CC, POD_NAMESPACE};
-use policy::gen::{self, ImageStore, Registry, RegistryOptions, Settings};
+use kata_cc_tests::genpolicy::{generate, kubelet_config};
 use protocols::initdata;
 
 fn step(s: &str) {
@@ -54,35 +54,6 @@ spec:
     )
 }
 
-/// `kata-cc-policy gen` with `--registry --insecure-registry <registry>` and settings
-/// naming the cluster's pause image and allowing container output to be read. Runs on its
-/// own thread: the registry client has its own runtime.
-fn generate(yaml: String, registry: String, pause_image: String) -> gen::GeneratedPolicy {
-    std::thread::spawn(move || {
-        let settings = Settings {
-            pause_image,
-            request_defaults: gen::RequestDefaults { read_stream: true, ..gen::RequestDefaults::default() },
-            ..Settings::default()
-        };
-        let options = RegistryOptions { insecure: vec![registry], ..RegistryOptions::default() };
-        let store = ImageStore::new(&settings.platform).with_remote(Box::new(Registry::new(options).unwrap()));
-        let docs = gen::parse_str(std::path::Path::new("pod.yaml"), &yaml).unwrap();
-        let mut out = gen::generate(docs, &store, &settings).unwrap_or_else(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            panic!("gen: {msg}")
-        });
-        assert_eq!(out.policies.len(), 1);
-        out.policies.remove(0)
-    })
-    .join()
-    .unwrap()
-}
-
 /// Pushes `from` as `to` with a label added, so that `to` is an image of its own (another
 /// config digest) in the test registry (plain HTTP).
 fn copy_image(from: &str, to: &str) {
@@ -97,17 +68,6 @@ fn copy_image(from: &str, to: &str) {
     let image = format!("{}:img", dir.path().join("layout").display());
     run("umoci", &["config", "--image", &image, "--config.label", "kata-cc-test=cri-policy"]);
     run("skopeo", &["--insecure-policy", "copy", "-q", "--dest-tls-verify=false", &layout, &dst]);
-}
-
-/// The container config the kubelet sends for the YAML's container: this client's
-/// defaults, the pinned image, and the kubelet's masked and read-only paths.
-fn kubelet_config(p: &gen::GeneratedPolicy, name: &str, cmd: &[&str], image: &str) -> pb::ContainerConfig {
-    let mut cfg = Pod::container_config(name, cmd);
-    cfg.image = Some(pb::ImageSpec { image: image.into(), ..Default::default() });
-    let sc = cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap();
-    sc.masked_paths = p.data.common.masked_paths.clone();
-    sc.readonly_paths = p.data.common.readonly_paths.clone();
-    cfg
 }
 
 #[tokio::test]
