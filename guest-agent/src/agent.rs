@@ -238,11 +238,7 @@ impl Agent {
         }
         let mounted = crate::sandbox_storage::mount_all(&self.cfg.sandbox_dir, &storages)?;
         let undo = |e: AgentError| {
-            for p in mounted.iter().rev() {
-                if let Err(ue) = crate::sandbox_storage::unmount(p) {
-                    tracing::warn!("CreateSandbox failed; undoing: {}", crate::error::chain(&ue));
-                }
-            }
+            crate::sandbox_storage::undo(&mounted);
             e
         };
         if self.cfg.init_mode && !req.hostname.is_empty() {

@@ -181,6 +181,16 @@ pub fn unmount(path: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Undoes a failed CreateSandbox: unmounts `mounted` in reverse order, logging (not
+/// returning) what cannot be unmounted, so the caller reports the original failure.
+pub fn undo(mounted: &[PathBuf]) {
+    for p in mounted.iter().rev() {
+        if let Err(e) = unmount(p) {
+            tracing::warn!("CreateSandbox failed; undoing: {}", crate::error::chain(&e));
+        }
+    }
+}
+
 /// Mounts `storages` below `sandbox_dir` (the guest's [`SANDBOX_DIR`]; another directory
 /// when the agent runs as a plain process). Returns the mounted paths; on failure
 /// unmounts what it mounted and returns the error.
@@ -195,11 +205,7 @@ pub fn mount_all(sandbox_dir: &Path, storages: &[TmpfsStorage]) -> Result<Vec<Pa
                     .map_err(|e| AgentError::io(format!("mount tmpfs at {} ({})", path.display(), s.mount_point))(e.into()))
             });
         if let Err(e) = r {
-            for p in done.iter().rev() {
-                if let Err(ue) = unmount(p) {
-                    tracing::warn!("CreateSandbox failed; undoing: {}", crate::error::chain(&ue));
-                }
-            }
+            undo(&done);
             return Err(e);
         }
         done.push(path);
