@@ -72,6 +72,17 @@ async fn start_server(path: &Path, status: ServingStatus) -> Server {
     server
 }
 
+/// Listens on `path`, accepts every connection and never answers (holding them open).
+fn start_silent(path: &Path) {
+    let listener = UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+}
+
 /// What the fake hybrid-vsock proxy does after reading the CONNECT line.
 #[derive(Clone)]
 enum Proxy {
@@ -421,13 +432,7 @@ async fn connect_reports_an_unanswered_connect_as_timed_out() {
     let dir = tempfile::tempdir().unwrap();
     let vsock = dir.path().join("vm.vsock");
     // A proxy that accepts and never answers any CONNECT.
-    let listener = UnixListener::bind(&vsock).unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
+    start_silent(&vsock);
     let addr = AgentAddr::HybridVsock {
         path: vsock,
         port: 1024,
@@ -481,13 +486,7 @@ async fn wait_ready_is_bounded_by_a_silent_agent() {
     // Accepts connections but never answers: Check must not hang past the deadline.
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("silent.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
+    start_silent(&sock);
     let opts = ConnectOptions {
         request_timeout: Duration::ZERO,
         ..quick()
