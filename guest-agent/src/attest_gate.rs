@@ -314,7 +314,7 @@ mod tests {
         let e = gate.check(Endpoint::CreateContainer, &create()).await.unwrap_err();
         assert_eq!(e.check, "attestation");
         // Both allow.
-        gate.check(Endpoint::CreateContainer, &create()).await.unwrap();
+        gate.check(Endpoint::CreateContainer, &create()).await.unwrap().commit();
         // Attested, but the policy refuses: no attempt is made for a request the policy denies.
         let e = gate.check(Endpoint::ExecProcess, &pb::ExecProcessRequest::new()).await.unwrap_err();
         assert_eq!(e.check, "policy");

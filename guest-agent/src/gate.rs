@@ -63,17 +63,79 @@ pub struct Denied {
     pub reason: String,
 }
 
+/// What a check wants done once the request it allowed has been carried out (the
+/// policy's state changes); dropped, unapplied, when the handler fails.
+pub struct Pending(Box<dyn std::any::Any + Send>);
+
+impl Pending {
+    /// Wraps a check's own record.
+    pub fn new<T: Send + 'static>(value: T) -> Self {
+        Self(Box::new(value))
+    }
+
+    /// The record, if it is a `T`.
+    pub fn into_inner<T: 'static>(self) -> Option<T> {
+        self.0.downcast::<T>().ok().map(|b| *b)
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
 /// One rule on the way to the handlers.
 #[async_trait::async_trait]
 pub trait Check: Send + Sync {
     /// Allows the request or says why not.
     async fn check(&self, endpoint: Endpoint, request: &(dyn protobuf::MessageDyn + Sync)) -> Result<(), Denied>;
+
+    /// Like [`Check::check`], for a check that keeps state: an allow may come with a
+    /// [`Pending`] change, which the gate hands back to [`Check::commit`] only after the
+    /// handler succeeded.
+    async fn admit(
+        &self,
+        endpoint: Endpoint,
+        request: &(dyn protobuf::MessageDyn + Sync),
+    ) -> Result<Option<Pending>, Denied> {
+        self.check(endpoint, request).await.map(|()| None)
+    }
+
+    /// Applies what [`Check::admit`] deferred. Stateless checks have nothing to apply.
+    fn commit(&self, endpoint: Endpoint, pending: Pending) {
+        let _ = (endpoint, pending);
+    }
+}
+
+/// A request the gate let through; [`Admission::commit`] after the handler succeeded.
+/// Dropping it discards the checks' deferred state changes.
+#[must_use = "commit after the handler succeeded, or drop to discard"]
+#[derive(Debug)]
+pub struct Admission {
+    endpoint: Endpoint,
+    pending: Vec<(Arc<dyn Check>, Pending)>,
+}
+
+impl Admission {
+    /// Applies every check's deferred state change.
+    pub fn commit(self) {
+        for (check, p) in self.pending {
+            check.commit(self.endpoint, p);
+        }
+    }
 }
 
 /// The ordered list of checks.
 #[derive(Clone, Default)]
 pub struct Gate {
     checks: Vec<Arc<dyn Check>>,
+}
+
+impl std::fmt::Debug for dyn Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Check")
+    }
 }
 
 impl std::fmt::Debug for Gate {
@@ -94,12 +156,16 @@ impl Gate {
         self
     }
 
-    /// Runs every check; the first refusal wins.
-    pub async fn check(&self, endpoint: Endpoint, request: &(dyn protobuf::MessageDyn + Sync)) -> Result<(), Denied> {
+    /// Runs every check; the first refusal wins. The checks' state changes wait in the
+    /// returned [`Admission`] until the handler has succeeded.
+    pub async fn check(&self, endpoint: Endpoint, request: &(dyn protobuf::MessageDyn + Sync)) -> Result<Admission, Denied> {
+        let mut pending = Vec::new();
         for c in &self.checks {
-            c.check(endpoint, request).await?;
+            if let Some(p) = c.admit(endpoint, request).await? {
+                pending.push((Arc::clone(c), p));
+            }
         }
-        Ok(())
+        Ok(Admission { endpoint, pending })
     }
 }
 
@@ -130,6 +196,34 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    /// Counts what it was asked to commit.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+    #[async_trait::async_trait]
+    impl Check for Counting {
+        async fn check(&self, _e: Endpoint, _r: &(dyn protobuf::MessageDyn + Sync)) -> Result<(), Denied> {
+            Ok(())
+        }
+        async fn admit(&self, _e: Endpoint, _r: &(dyn protobuf::MessageDyn + Sync)) -> Result<Option<Pending>, Denied> {
+            Ok(Some(Pending::new(1usize)))
+        }
+        fn commit(&self, _e: Endpoint, p: Pending) {
+            let n = p.into_inner::<usize>().unwrap();
+            self.0.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn state_changes_wait_for_the_commit() {
+        let counting = Arc::new(Counting::default());
+        let gate = Gate::allow_all().with_check(Arc::clone(&counting) as Arc<dyn Check>);
+        let req = protocols::agent::CreateSandboxRequest::new();
+        drop(gate.check(Endpoint::CreateSandbox, &req).await.unwrap());
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 0, "a dropped admission committed");
+        gate.check(Endpoint::CreateSandbox, &req).await.unwrap().commit();
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

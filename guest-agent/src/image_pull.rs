@@ -264,7 +264,7 @@ impl ImagePuller {
         let Some(pull) = parse_storages(shared_dir, cid, storages)? else {
             return Ok(None);
         };
-        let sandbox = pull.metadata.get(CONTAINER_TYPE_ANNOTATION).map(String::as_str) == Some(CONTAINER_TYPE_SANDBOX);
+        let sandbox = is_sandbox(spec, &pull.metadata)?;
         if sandbox {
             if let Some(pause) = &self.cfg.pause_rootfs {
                 return bind_pause(pause, &pull.mount_point).map(|p| Some(GuestRootfs::Pause(p)));
@@ -275,6 +275,12 @@ impl ImagePuller {
                     "sandbox container: storages.source {PAUSE_PLACEHOLDER:?} asks for the guest image's built-in pause rootfs, and this guest has none"
                 )));
             }
+        }
+        if pull.image == PAUSE_PLACEHOLDER {
+            return Err(AgentError::invalid(
+                "storages.source",
+                format!("{PAUSE_PLACEHOLDER:?} names the sandbox's built-in rootfs, and this container is not the sandbox (OCI.Annotations[{CONTAINER_TYPE_ANNOTATION}])"),
+            ));
         }
         let image = pull.image.as_str();
         let reference: Reference = image
@@ -311,6 +317,25 @@ impl ImagePuller {
         );
         Ok(Some(GuestRootfs::Image(mount)))
     }
+}
+
+/// Whether the container is the sandbox (pause) container. Decided by the spec's CRI
+/// annotation, which the policy checks (generated policies match it against the pod's
+/// containers), never by the storage's `driver_options` metadata, which it does not: a
+/// metadata that says otherwise is refused rather than trusted.
+fn is_sandbox(spec: &oci_spec::runtime::Spec, metadata: &HashMap<String, String>) -> Result<bool, AgentError> {
+    let from_spec = spec.annotations().as_ref().and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION)).map(String::as_str);
+    if let Some(meta) = metadata.get(CONTAINER_TYPE_ANNOTATION) {
+        if Some(meta.as_str()) != from_spec {
+            return Err(AgentError::invalid(
+                "storages.driver_options",
+                format!(
+                    "metadata {CONTAINER_TYPE_ANNOTATION}={meta:?} disagrees with OCI.Annotations[{CONTAINER_TYPE_ANNOTATION}]={from_spec:?}"
+                ),
+            ));
+        }
+    }
+    Ok(from_spec == Some(CONTAINER_TYPE_SANDBOX))
 }
 
 /// Finds the `image_guest_pull` storage among `storages` and checks it.
@@ -395,10 +420,43 @@ mod tests {
         let mp = shared.join("p1/rootfs");
         let opt = r#"image_guest_pull={"metadata":{"io.kubernetes.cri.container-type":"sandbox"}}"#;
         let st = storage(PAUSE_PLACEHOLDER, mp.to_str().unwrap(), &[opt]);
-        let mut spec = oci_spec::runtime::Spec::default();
+        let mut spec = spec_of_type(CONTAINER_TYPE_SANDBOX);
         let e = puller.prepare(&shared, "p1", &[st], &mut spec).await.unwrap_err().to_string();
         assert!(e.contains("built-in pause rootfs"), "{e}");
         assert!(!dir.path().join("images").exists(), "something was pulled");
+    }
+
+    fn spec_of_type(kind: &str) -> oci_spec::runtime::Spec {
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_annotations(Some(HashMap::from([(CONTAINER_TYPE_ANNOTATION.to_string(), kind.to_string())])));
+        spec
+    }
+
+    /// The host cannot make an app container the pause container (or the reverse)
+    /// through the storage metadata, which the policy does not check: the checked spec
+    /// annotation decides, and a disagreeing metadata is refused before anything happens.
+    #[tokio::test]
+    async fn sandbox_or_not_comes_from_the_checked_annotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let pause = dir.path().join("pause-rootfs");
+        std::fs::create_dir_all(&pause).unwrap();
+        let cfg = ImagePullConfig { pause_rootfs: Some(pause), ..ImagePullConfig::default() };
+        let puller = ImagePuller::new(dir.path().join("images"), cfg);
+        let shared = dir.path().join("shared");
+        let mp = shared.join("c1/rootfs");
+        let meta = |kind: &str| format!(r#"image_guest_pull={{"metadata":{{"io.kubernetes.cri.container-type":"{kind}"}}}}"#);
+        for (spec_kind, meta_kind) in [("container", "sandbox"), ("sandbox", "container")] {
+            let st = storage("example.com/app@sha256:00", mp.to_str().unwrap(), &[&meta(meta_kind)]);
+            let mut spec = spec_of_type(spec_kind);
+            let e = puller.prepare(&shared, "c1", &[st], &mut spec).await.unwrap_err().to_string();
+            assert!(e.contains("disagrees with OCI.Annotations"), "{spec_kind}/{meta_kind}: {e}");
+            assert!(!mp.exists(), "{spec_kind}/{meta_kind}: something was mounted");
+        }
+        // Without the annotation a container is not the sandbox, whatever the metadata.
+        let st = storage(PAUSE_PLACEHOLDER, mp.to_str().unwrap(), &[]);
+        let mut spec = oci_spec::runtime::Spec::default();
+        let e = puller.prepare(&shared, "c1", &[st], &mut spec).await.unwrap_err().to_string();
+        assert!(e.contains("is not the sandbox") && !mp.exists(), "{e}");
     }
 
     #[test]

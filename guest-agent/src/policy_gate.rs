@@ -10,7 +10,7 @@ use protobuf::reflect::{ReflectFieldRef, ReflectValueRef, RuntimeFieldType};
 use protobuf::MessageDyn;
 use serde_json::{Map, Value};
 
-use crate::gate::{Check, Denied, Endpoint};
+use crate::gate::{Check, Denied, Endpoint, Pending};
 
 /// Error of the policy check itself (not a denial).
 #[derive(Debug, thiserror::Error)]
@@ -43,23 +43,49 @@ impl PolicyCheck {
         e.set_policy(rego).map_err(PolicyGateError::Load)
     }
 
-    fn decide(&self, endpoint: Endpoint, input: &str) -> Result<(), String> {
+    fn decide(&self, endpoint: Endpoint, input: &str) -> Result<Option<policy::PendingOps>, String> {
         let mut e = self.engine.lock().map_err(|_| "the policy engine is unavailable".to_string())?;
-        match e.evaluate_json(endpoint.request_name(), input) {
-            Ok(d) if d.allowed => Ok(()),
-            Ok(d) => Err(d.reason.unwrap_or_else(|| format!("{} is not allowed", endpoint.request_name()))),
+        match e.decide_json(endpoint.request_name(), input) {
+            Ok((d, pending)) if d.allowed => Ok(pending),
+            Ok((d, _)) => Err(d.reason.unwrap_or_else(|| format!("{} is not allowed", endpoint.request_name()))),
             Err(err) => Err(crate::error::chain(&err)),
         }
+    }
+
+    /// The current policy state (`data.pstate`), for tests and diagnostics.
+    pub fn pstate(&self) -> Option<serde_json::Value> {
+        self.engine.lock().ok().map(|e| e.pstate().clone())
     }
 }
 
 #[async_trait::async_trait]
 impl Check for PolicyCheck {
     async fn check(&self, endpoint: Endpoint, request: &(dyn MessageDyn + Sync)) -> Result<(), Denied> {
+        if let Some(p) = self.admit(endpoint, request).await? {
+            self.commit(endpoint, p);
+        }
+        Ok(())
+    }
+
+    /// The policy's state changes (`ops`) wait until the request was carried out.
+    async fn admit(&self, endpoint: Endpoint, request: &(dyn MessageDyn + Sync)) -> Result<Option<Pending>, Denied> {
         let input = request_to_json(request).to_string();
         // Evaluation is CPU-bound and short (well under a millisecond for typical
         // policies), so it runs inline rather than hopping to the blocking pool.
-        self.decide(endpoint, &input).map_err(|reason| Denied { endpoint, check: "policy", reason })
+        let pending = self.decide(endpoint, &input).map_err(|reason| Denied { endpoint, check: "policy", reason })?;
+        Ok(pending.map(Pending::new))
+    }
+
+    fn commit(&self, endpoint: Endpoint, pending: Pending) {
+        let Some(ops) = pending.into_inner::<policy::PendingOps>() else { return };
+        let applied = self.engine.lock().map_err(|_| "the policy engine is unavailable".to_string()).and_then(|mut e| {
+            e.commit(ops).map_err(|err| crate::error::chain(&err))
+        });
+        // The request was carried out but its record could not be kept: later requests
+        // that depend on it are refused (fail closed), and the log says why.
+        if let Err(e) = applied {
+            tracing::warn!("{endpoint}: the policy state could not record this request: {e}");
+        }
     }
 }
 

@@ -50,17 +50,26 @@ macro_rules! gated {
         // Read anyway, so the container never blocks on a full pipe, and redact.
         let verdict = $self.gate.check(Endpoint::$name, &$req).await;
         let mut r = dispatch!(handled, $self, $name, $method, $req);
-        if let (Err(d), Ok(resp)) = (&verdict, &mut r) {
-            if !resp.data.is_empty() {
-                tracing::debug!("{d}: output redacted");
-                resp.data = REDACTED.to_vec();
+        match (verdict, &mut r) {
+            (Err(d), Ok(resp)) => {
+                if !resp.data.is_empty() {
+                    tracing::debug!("{d}: output redacted");
+                    resp.data = REDACTED.to_vec();
+                }
             }
+            (Ok(admitted), Ok(_)) => admitted.commit(),
+            (_, Err(_)) => {}
         }
         r
     }};
     ($kind:ident, $self:ident, $name:ident, $method:ident, $req:ident) => {{
-        $self.gate.check(Endpoint::$name, &$req).await.map_err(|d| ttrpc::Error::from(AgentError::from(d)))?;
-        dispatch!($kind, $self, $name, $method, $req)
+        let admitted = $self.gate.check(Endpoint::$name, &$req).await.map_err(|d| ttrpc::Error::from(AgentError::from(d)))?;
+        let r = dispatch!($kind, $self, $name, $method, $req);
+        // The policy's state records only what was done: a refused request leaves it.
+        if r.is_ok() {
+            admitted.commit();
+        }
+        r
     }};
 }
 

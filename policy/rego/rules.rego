@@ -14,9 +14,14 @@
 # NoNewPrivileges, every env var (listed, or matching a Kubernetes service/HOSTNAME regex;
 # listed ones must be present), capabilities, read-only root, every mount (default mounts
 # or the container's own; the pod's volume mounts must be present), storages, masked and
-# read-only paths, namespaces, sysctls, seccomp, no hooks, devices, SELinux/AppArmor labels.
+# read-only paths, namespaces, sysctls, seccomp (strength), no hooks, devices,
+# SELinux/AppArmor labels, hostname, supplementary groups, rlimits, OOM score, root
+# propagation, memory/CPU limits, one sandbox container.
 # ExecProcessRequest: only the argv lists of the container's `exec_commands` (the pod's
-# `kata-cc.io/exec-allow` annotation and its exec probes), with allowed env and user.
+# `kata-cc.io/exec-allow` annotation and its exec probes), with allowed env and user, and
+# no more than the container's own process (capabilities, NoNewPrivileges, cwd, rlimits).
+# UpdateContainerRequest: memory/CPU within the pod spec's limits, no device allow rule.
+# State (`data.pstate`): the agent applies a request's `ops` only once it carried it out.
 package agent_policy
 
 default CreateContainerRequest := false
@@ -119,7 +124,10 @@ expand(pattern) := p if {
 
 CreateSandboxRequest := {"allowed": true, "ops": ops} if {
 	count(sandbox_errors) == 0
-	ops := [{"op": "add", "path": "/pstate/sandbox_id", "value": input.sandbox_id}]
+	ops := array.concat(
+		[{"op": "add", "path": "/pstate/sandbox_id", "value": input.sandbox_id}],
+		init_containers_op,
+	)
 } else := {"allowed": false, "reason": concat("; ", sandbox_errors)} if {
 	count(sandbox_errors) > 0
 }
@@ -131,6 +139,12 @@ sandbox_errors := flatten_errs([
 	sandbox_storage_errors,
 	sandbox_once_errors,
 ])
+
+# The container table starts with the sandbox, so that the ops of two CreateContainer
+# requests in flight at once each add one entry (neither replaces the table).
+init_containers_op := [] if {
+	data.pstate.containers
+} else := [{"op": "add", "path": "/pstate/containers", "value": {}}]
 
 sandbox_once_errors := [] if {
 	not data.pstate.sandbox_id
@@ -152,8 +166,12 @@ allowed_sandbox_storage(s) if {
 CreateContainerRequest := {"allowed": true, "ops": ops} if {
 	errs := create_container_errors
 	count(errs) == 0
-	ops := record_container(input.container_id, create_container_index)
+	ops := array.concat(record_container(input.container_id, create_container_index), record_sandbox_container)
 } else := {"allowed": false, "reason": create_container_reason}
+
+record_sandbox_container := [{"op": "add", "path": "/pstate/sandbox_container", "value": input.container_id}] if {
+	anno(C_TYPE_KEY) == "sandbox"
+} else := []
 
 create_container_reason := concat("; ", create_container_errors) if {
 	count(create_container_errors) > 0
@@ -202,7 +220,15 @@ sandbox_match_errors := flatten_errs([
 
 already_created_errors := [] if {
 	not known_container(input.container_id)
-} else := [sprintf("container_id: %s was already created", [input.container_id])]
+	not second_sandbox_container
+} else := [sprintf("container_id: %s was already created", [input.container_id])] if {
+	known_container(input.container_id)
+} else := [sprintf("OCI.Annotations[%s]: sent \"sandbox\", but the sandbox container %s was already created", [C_TYPE_KEY, data.pstate.sandbox_container])]
+
+second_sandbox_container if {
+	anno(C_TYPE_KEY) == "sandbox"
+	data.pstate.sandbox_container
+}
 
 container_errors(p) := errs if {
 	lists := [
@@ -214,6 +240,8 @@ container_errors(p) := errs if {
 		mount_errors(p),
 		linux_errors(p),
 		eq_root_errors(p),
+		hostname_errors,
+		create_resources_errors(p),
 	]
 	errs := [sprintf("%s: %s", [p.name, e]) | some l in lists; some e in l]
 }
@@ -241,7 +269,25 @@ input_errors := flatten_errs([
 	empty_err("OCI.Process.SelinuxLabel", get(i_process, "SelinuxLabel", null)),
 	empty_err("OCI.Process.ApparmorProfile", get(i_process, "ApparmorProfile", null)),
 	empty_err("OCI.Linux.MountLabel", get(i_linux, "MountLabel", null)),
+	empty_err("OCI.Linux.IntelRdt", intel_rdt_in_use),
+	empty_err("storages[image_guest_pull].options", [o | some s in i_pulls; some o in iter(get(s, "options", []))]),
+	empty_err("storages[image_guest_pull].fs_group", [g | some s in i_pulls; g := get(s, "fs_group", null); not is_null(g)]),
+	in_err("OCI.Linux.RootfsPropagation", get(i_linux, "RootfsPropagation", ""), ROOTFS_PROPAGATIONS),
 ])
+
+# Mount propagation of the container's root: never shared with the guest's mounts.
+ROOTFS_PROPAGATIONS := ["", "private", "rprivate", "slave", "rslave"]
+
+intel_rdt_in_use := [x | x := get(get(i_linux, "IntelRdt", {}), "L3CacheSchema", ""); x != ""]
+
+# The pod's hostname (the sandbox container's; other containers send none and get it).
+hostname_errors := [] if {
+	get(i_oci, "Hostname", "") == ""
+} else := [] if {
+	regex.match(policy_data.sandbox.name_regex, i_oci.Hostname)
+} else := [] if {
+	i_oci.Hostname == get(policy_data.sandbox, "hostname", null)
+} else := [sprintf("OCI.Hostname: sent %s, allowed the pod name /%s/", [json.marshal(i_oci.Hostname), policy_data.sandbox.name_regex])]
 
 # Hooks: null, or an object whose hook lists are all empty.
 hooks_in_use := [h | some _, list in iter(get(i_oci, "Hooks", {})); some h in iter(list)]
@@ -328,24 +374,75 @@ process_errors(p) := flatten_errs([
 	eq_err("OCI.Process.Cwd", get(i_process, "Cwd", null), p.process.Cwd),
 	eq_err("OCI.Process.Terminal", get(i_process, "Terminal", false), p.process.Terminal),
 	user_errors(p, "OCI.Process", i_process),
-	nnp_errors(p),
+	nnp_errors(p, "OCI.Process", i_process),
 	env_errors(p, "OCI.Process", i_process, true),
-	caps_errors(p),
+	caps_errors(p, "OCI.Process", i_process),
+	process_extra_errors("OCI.Process", i_process),
 ])
 
-user_errors(p, prefix, proc) := flatten_errs([uid_errors(p, prefix, proc), gid_errors(p, prefix, proc)])
+# What no pod YAML asks for, on any process (container or exec): no LSM labels the
+# guest does not have, rlimits only from the allow-list, a sane OOM score.
+process_extra_errors(prefix, proc) := flatten_errs([
+	empty_err(concat("", [prefix, ".SelinuxLabel"]), get(proc, "SelinuxLabel", null)),
+	empty_err(concat("", [prefix, ".ApparmorProfile"]), get(proc, "ApparmorProfile", null)),
+	rlimit_errors(prefix, proc),
+	oom_score_errors(prefix, proc),
+])
+
+# Rlimits: only the types in common.allowed_rlimits (type -> largest hard limit), soft at
+# most hard. containerd 1.x gives every container RLIMIT_NOFILE 1024:1024 by default.
+default_allowed_rlimits := {"RLIMIT_NOFILE": 1048576}
+
+allowed_rlimits := get(policy_data.common, "allowed_rlimits", default_allowed_rlimits)
+
+rlimit_errors(prefix, proc) := [sprintf("%s.Rlimits: sent %s, allowed %s with Soft <= Hard <= the limit", [prefix, json.marshal(r), json.marshal(allowed_rlimits)]) |
+	some r in iter(get(proc, "Rlimits", []))
+	not rlimit_ok(r)
+]
+
+rlimit_ok(r) if {
+	max := allowed_rlimits[r.Type]
+	r.Hard <= max
+	r.Soft <= r.Hard
+}
+
+oom_score_errors(prefix, proc) := [] if {
+	x := get(proc, "OOMScoreAdj", 0)
+	is_number(x)
+	x >= -1000
+	x <= 1000
+} else := [sprintf("%s.OOMScoreAdj: sent %s, allowed -1000..1000", [prefix, json.marshal(get(proc, "OOMScoreAdj", null))])]
+
+user_errors(p, prefix, proc) := flatten_errs([
+	uid_errors(p, prefix, proc),
+	gid_errors(p, prefix, proc),
+	additional_gids_errors(p, prefix, proc),
+	empty_err(concat("", [prefix, ".User.Username"]), get(get(proc, "User", {}), "Username", null)),
+])
+
+# Supplementary groups: the primary group and the pod's supplementalGroups / fsGroup
+# (containerd adds the first; the kubelet the others); none else.
+additional_gids_errors(p, prefix, proc) := [sprintf("%s.User.AdditionalGids: sent %s, allowed %s", [prefix, json.marshal(g), json.marshal(allowed)]) |
+	user := get(proc, "User", {})
+	allowed := array.concat([get(user, "GID", null)], get(p.process, "AdditionalGids", []))
+	some g in iter(get(user, "AdditionalGids", []))
+	not g in allowed
+]
 
 uid_errors(p, prefix, proc) := [] if {
 	is_null(p.process.UID)
 } else := eq_err(concat("", [prefix, ".User.UID"]), get(get(proc, "User", {}), "UID", null), p.process.UID)
 
-gid_errors(p, prefix, proc) := [] if {
+# A GID not known at generation time (the image's USER names a user only, whose group is
+# in the image's /etc/passwd): the host cannot know it either and sends 0, as containerd
+# does without the image's files; nothing else is accepted.
+gid_errors(p, prefix, proc) := eq_err(concat("", [prefix, ".User.GID"]), get(get(proc, "User", {}), "GID", null), 0) if {
 	is_null(p.process.GID)
 } else := eq_err(concat("", [prefix, ".User.GID"]), get(get(proc, "User", {}), "GID", null), p.process.GID)
 
-nnp_errors(p) := [] if {
+nnp_errors(p, prefix, proc) := [] if {
 	not p.process.NoNewPrivileges
-} else := eq_err("OCI.Process.NoNewPrivileges", get(i_process, "NoNewPrivileges", false), true)
+} else := eq_err(concat("", [prefix, ".NoNewPrivileges"]), get(proc, "NoNewPrivileges", false), true)
 
 # Every env var sent must be allowed; with `required`, every listed one must be sent.
 # Allowed: listed exactly, or matching one of the container's EnvRegex or the common
@@ -377,8 +474,8 @@ env_pattern_match(patterns, re, e) if {
 	regex.match(re, e)
 }
 
-caps_errors(p) := [sprintf("OCI.Process.Capabilities.%s: sent %s, not allowed (allowed: %s)", [kind, cap, json.marshal(p.process.Capabilities)]) |
-	caps := get(i_process, "Capabilities", null)
+caps_errors(p, prefix, proc) := [sprintf("%s.Capabilities.%s: sent %s, not allowed (allowed: %s)", [prefix, kind, cap, json.marshal(p.process.Capabilities)]) |
+	caps := get(proc, "Capabilities", null)
 	some kind in CAP_KINDS
 	some cap in iter(get(caps, kind, []))
 	not cap in p.process.Capabilities
@@ -451,10 +548,55 @@ required_paths_errors(field, sent, required) := [sprintf("%s: sent %s, missing %
 seccomp_errors(p) := [] if {
 	p.seccomp == "unconfined"
 	is_null(get(i_linux, "Seccomp", null))
-} else := [] if {
+} else := seccomp_strength_errors(p, i_linux.Seccomp) if {
 	p.seccomp != "unconfined"
 	not is_null(get(i_linux, "Seccomp", null))
 } else := [sprintf("OCI.Linux.Seccomp: sent %s, allowed %s profile", [json.marshal(get(i_linux, "Seccomp", null)), p.seccomp])]
+
+# A profile (RuntimeDefault or Localhost: its text is the node's, so unknown here) must
+# be at least as strict as the runtime's default in what matters: it refuses by default,
+# hands no decision to a tracer or a user-space listener, keeps the kernel's mitigations
+# (no SPEC_ALLOW flag), and allows the syscalls the default profile reserves to a
+# capability (mount, unshare, bpf, ...) only to a container holding that capability.
+SECCOMP_REFUSING := {"SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP"}
+
+SECCOMP_FLAGS := {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG"}
+
+SECCOMP_HANDOFF := {"SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE"}
+
+SECCOMP_PERMISSIVE := {"SCMP_ACT_ALLOW", "SCMP_ACT_LOG"}
+
+seccomp_gated := get(policy_data.common, "seccomp_gated_syscalls", {})
+
+seccomp_strength_errors(p, sc) := flatten_errs([
+	in_err("OCI.Linux.Seccomp.DefaultAction", get(sc, "DefaultAction", null), SECCOMP_REFUSING),
+	[sprintf("OCI.Linux.Seccomp.Flags: sent %s, allowed one of %s", [json.marshal(f), json.marshal(SECCOMP_FLAGS)]) |
+		some f in iter(get(sc, "Flags", []))
+		not f in SECCOMP_FLAGS
+	],
+	[sprintf("OCI.Linux.Seccomp.Syscalls: %s for %s, not allowed (no tracer or listener may decide)", [rule.Action, json.marshal(rule.Names)]) |
+		some rule in iter(get(sc, "Syscalls", []))
+		rule.Action in SECCOMP_HANDOFF
+	],
+	[sprintf("OCI.Linux.Seccomp.Syscalls: %s allows %s, which needs one of %s", [rule.Action, name, json.marshal(seccomp_gated[name])]) |
+		some rule in iter(get(sc, "Syscalls", []))
+		rule.Action in SECCOMP_PERMISSIVE
+		some name in iter(get(rule, "Names", []))
+		seccomp_gated[name]
+		not seccomp_unlocked(p, name, rule)
+	],
+])
+
+seccomp_unlocked(p, name, rule) if {
+	some cap in seccomp_gated[name]
+	cap in p.process.Capabilities
+}
+
+# clone with argument conditions (the default profile's "no new namespaces" mask).
+seccomp_unlocked(p, name, rule) if {
+	name == "clone"
+	count(iter(get(rule, "Args", []))) > 0
+}
 
 namespace_errors := [sprintf("OCI.Linux.Namespaces: sent %s, allowed new ipc/uts/mount namespaces only", [json.marshal(ns)]) |
 	some ns in iter(get(i_linux, "Namespaces", []))
@@ -475,7 +617,63 @@ sysctl_errors := [sprintf("OCI.Linux.Sysctl: sent %s=%s, allowed %s", [k, json.m
 
 StartContainerRequest if known_container(input.container_id)
 
-UpdateContainerRequest if known_container(input.container_id)
+# ---- resources (CreateContainer and UpdateContainer) ------------------------------------
+
+# Resources may not exceed the pod spec's limits (memory, CPU), and device rules may never
+# allow anything. Other resource fields only trade the pod's own availability, which the
+# host holds anyway (it can stop the VM). The sandbox (pause) container carries the pod's
+# totals, so only its device rules are checked.
+create_resources_errors(p) := [] if {
+	p.type == "sandbox"
+} else := resources_errors(p, "OCI.Linux.Resources", get(i_linux, "Resources", null))
+
+resources_errors(p, prefix, res) := flatten_errs([
+	empty_err(concat("", [prefix, ".Devices (allow rules)"]), [d | some d in iter(get(res, "Devices", [])); get(d, "Allow", true) != false]),
+	memory_limit_errors(p, prefix, res),
+	cpu_limit_errors(p, prefix, res),
+])
+
+limits(p) := get(p, "resources", {})
+
+memory_limit_errors(p, prefix, res) := [] if {
+	is_null(get(limits(p), "memory_limit", null))
+} else := [] if {
+	sent := get(get(res, "Memory", {}), "Limit", 0)
+	sent > 0
+	sent <= limits(p).memory_limit
+} else := [sprintf("%s.Memory.Limit: sent %s, allowed 1..%d (the pod spec's limit)", [prefix, json.marshal(get(get(res, "Memory", {}), "Limit", null)), limits(p).memory_limit])]
+
+# A CPU limit of L millicores: Quota/Period <= L/1000.
+cpu_limit_errors(p, prefix, res) := [] if {
+	is_null(get(limits(p), "cpu_limit_milli", null))
+} else := [] if {
+	cpu := get(res, "CPU", {})
+	quota := get(cpu, "Quota", 0)
+	period := get(cpu, "Period", 0)
+	quota > 0
+	period > 0
+	quota * 1000 <= limits(p).cpu_limit_milli * period
+} else := [sprintf("%s.CPU: sent %s, allowed Quota/Period <= %d millicores (the pod spec's limit)", [prefix, json.marshal(get(res, "CPU", null)), limits(p).cpu_limit_milli])]
+
+UpdateContainerRequest := true if {
+	count(update_errors) == 0
+} else := {"allowed": false, "reason": concat("; ", update_errors)}
+
+update_errors := errs if {
+	idx := data.pstate.containers[input.container_id]
+	p := policy_data.containers[idx]
+	res := get(input, "resources", null)
+	lists := [
+		type_err("resources", res, "object"),
+		update_pause_errors(p),
+		resources_errors(p, "resources", res),
+	]
+	errs := [sprintf("%s: %s", [p.name, e]) | some l in lists; some e in l]
+} else := [sprintf("container_id: %s was not created under this policy", [json.marshal(get(input, "container_id", null))])]
+
+update_pause_errors(p) := [] if {
+	p.type != "sandbox"
+} else := ["the sandbox container's resources are the pod's and are not updated"]
 
 # ---- processes and streams -------------------------------------------------------------
 
@@ -495,6 +693,14 @@ exec_errors := errs if {
 		in_err("process.Args", get(proc, "Args", null), p.exec_commands),
 		user_errors(p, "process", proc),
 		env_errors(p, "process", proc, false),
+		# No more than the container's own process: its capabilities (at most), its
+		# NoNewPrivileges, its working directory (containerd execs with the container's
+		# process as the base). A terminal only changes how the output is carried; reading
+		# it is ReadStdout's decision.
+		caps_errors(p, "process", proc),
+		nnp_errors(p, "process", proc),
+		eq_err("process.Cwd", get(proc, "Cwd", null), p.process.Cwd),
+		process_extra_errors("process", proc),
 	]
 	errs := [sprintf("%s: %s", [p.name, e]) | some l in lists; some e in l]
 } else := [sprintf("container_id: %s was not created under this policy", [json.marshal(get(input, "container_id", null))])]

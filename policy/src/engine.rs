@@ -390,8 +390,51 @@ impl PolicyEngine {
         request: &str,
         input: regorus::Value,
     ) -> Result<Decision, PolicyError> {
+        let (decision, pending) = self.decide_value(request, input)?;
+        if let Some(p) = pending {
+            self.commit(p)?;
+        }
+        Ok(decision)
+    }
+
+    /// Like [`PolicyEngine::evaluate_json`], but an allowed request's `ops` are *not*
+    /// applied: they come back as [`PendingOps`], for [`PolicyEngine::commit`] once the
+    /// request has been carried out. A caller that fails to carry out an allowed request
+    /// drops them, so the policy state never records what did not happen (e.g. "sandbox
+    /// created" after the agent refused the CreateSandbox).
+    pub fn decide_json(
+        &mut self,
+        request_name: &str,
+        input_json: &str,
+    ) -> Result<(Decision, Option<PendingOps>), PolicyError> {
+        check_request_name(request_name)?;
+        if input_json.len() > self.config.max_input_bytes {
+            return Err(PolicyError::InputTooLarge {
+                request: request_name.to_owned(),
+                limit: self.config.max_input_bytes,
+            });
+        }
+        let input: regorus::Value =
+            serde_json::from_str(input_json).map_err(|source| PolicyError::InputJson {
+                request: request_name.to_owned(),
+                source,
+            })?;
+        self.decide_value(request_name, input)
+    }
+
+    /// Applies the ops of an allowed request to `data.pstate` (see
+    /// [`PolicyEngine::decide_json`]). On error the state is unchanged.
+    pub fn commit(&mut self, pending: PendingOps) -> Result<(), PolicyError> {
+        self.apply_ops(&pending.request, pending.ops)
+    }
+
+    fn decide_value(
+        &mut self,
+        request: &str,
+        input: regorus::Value,
+    ) -> Result<(Decision, Option<PendingOps>), PolicyError> {
         if !self.declares(request) {
-            return Ok(self.denied(no_rule_reason(request)));
+            return Ok((self.denied(no_rule_reason(request)), None));
         }
         self.engine.set_input(input);
         let result = self.engine.eval_rule(rule_path(request));
@@ -408,12 +451,13 @@ impl PolicyEngine {
                 None if result == regorus::Value::Undefined => undefined_reason(request),
                 None => format!("{request} denied: the policy rule `{request}` is false"),
             };
-            return Ok(self.denied(reason));
+            return Ok((self.denied(reason), None));
         }
-        if let Some(ops) = outcome.ops {
-            self.apply_ops(request, ops)?;
+        if let Some(ops) = &outcome.ops {
+            check_ops_paths(request, ops)?;
         }
-        Ok(Decision::allow())
+        let pending = outcome.ops.filter(|o| !o.0.is_empty()).map(|ops| PendingOps { request: request.to_owned(), ops });
+        Ok((Decision::allow(), pending))
     }
 
     /// A denial, unless the policy sets `AllowRequestsFailingPolicy` (Kata's debug switch).
@@ -531,20 +575,7 @@ impl PolicyEngine {
         if ops.0.is_empty() {
             return Ok(());
         }
-        for op in &ops.0 {
-            let mut paths = vec![op_path(op)];
-            if let Some(from) = op_from(op) {
-                paths.push(from);
-            }
-            for path in paths {
-                if !(path == "/pstate" || path.starts_with("/pstate/")) {
-                    return Err(PolicyError::OpOutsideState {
-                        request: request.to_owned(),
-                        path: path.to_owned(),
-                    });
-                }
-            }
-        }
+        check_ops_paths(request, &ops)?;
         let mut doc = serde_json::json!({ "pstate": self.pstate.clone() });
         json_patch::patch(&mut doc, &ops)
             .map_err(|source| PolicyError::Patch { request: request.to_owned(), source })?;
@@ -568,6 +599,30 @@ impl PolicyEngine {
         self.pstate = new_state;
         Ok(())
     }
+}
+
+/// Ops may only address `/pstate`.
+fn check_ops_paths(request: &str, ops: &json_patch::Patch) -> Result<(), PolicyError> {
+    for op in &ops.0 {
+        let mut paths = vec![op_path(op)];
+        if let Some(from) = op_from(op) {
+            paths.push(from);
+        }
+        for path in paths {
+            if !(path == "/pstate" || path.starts_with("/pstate/")) {
+                return Err(PolicyError::OpOutsideState { request: request.to_owned(), path: path.to_owned() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The state changes of an allowed request, not yet applied (see
+/// [`PolicyEngine::decide_json`]).
+#[derive(Debug, Clone)]
+pub struct PendingOps {
+    request: String,
+    ops: json_patch::Patch,
 }
 
 /// The name of the data rule of generated policies (ours and genpolicy's).

@@ -52,6 +52,6 @@ pub mod explain;
 pub mod gen;
 mod rpc;
 
-pub use engine::{Decision, PolicyConfig, PolicyEngine, PolicyError, RegoError, PACKAGE};
+pub use engine::{Decision, PendingOps, PolicyConfig, PolicyEngine, PolicyError, RegoError, PACKAGE};
 pub use explain::{BodyOutcome, BodyTrace, Condition, ExplainError, Explanation, RuleTrace};
 pub use rpc::{request_name, request_names, Rpc, UnknownRpc, RPCS};

@@ -594,3 +594,220 @@ fn tampered_blob_is_refused() {
     let e = gen_error(&["web-pod.yaml"], &images);
     assert!(e.contains("does not match its digest"), "{e}");
 }
+
+// ---- the secure pod: every field its YAML decides, on create, exec and update ----------
+
+/// A label, a change to the request, whether it is allowed, and a part of the reason.
+type BoxedCase = (&'static str, Box<dyn Fn(&mut Value)>, bool, &'static str);
+
+fn secure_pause(images: &Images) -> Value {
+    let mut c = web_pause(images);
+    c.sandbox_name = "vault".into();
+    c.namespace = "secure".into();
+    let mut r = c.request(true);
+    r["OCI"]["Hostname"] = json!("vault-0");
+    r["OCI"]["Process"]["User"]["AdditionalGids"] = json!([65535, 3000, 3001, 4000]);
+    r["OCI"]["Linux"]["Seccomp"] = runtime_default_seccomp();
+    r
+}
+
+/// A profile shaped like containerd's RuntimeDefault (abridged allow list).
+fn runtime_default_seccomp() -> Value {
+    json!({
+        "DefaultAction": "SCMP_ACT_ERRNO",
+        "Architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "Flags": [],
+        "Syscalls": [
+            {"Names": ["read", "write", "openat", "close", "execve", "exit_group", "futex"], "Action": "SCMP_ACT_ALLOW", "Args": []},
+            {"Names": ["clone"], "Action": "SCMP_ACT_ALLOW",
+             "Args": [{"Index": 0, "Value": 2114060288u64, "ValueTwo": 0, "Op": "SCMP_CMP_MASKED_EQ"}]},
+            {"Names": ["clone3"], "Action": "SCMP_ACT_ERRNO", "errnoret": 38, "Args": []}
+        ]
+    })
+}
+
+fn secure_server(images: &Images) -> Value {
+    let id = cid('c');
+    let mut c = Create::container("vault", "secure", "server", &id, &images.pinned["nginx:1.25"]);
+    c.args = strings(&["/usr/sbin/nginx", "-g", "daemon off;"]);
+    c.env = strings(&[PATH_ENV, "NGINX_VERSION=1.25.5", "HOSTNAME=vault-0"]);
+    c.env.extend(service_env());
+    c.cwd = "/srv".into();
+    c.uid = 1000;
+    c.gid = 1000;
+    c.no_new_privs = true;
+    c.caps = Some(strings(&["CAP_NET_BIND_SERVICE"]));
+    c.mounts = k8s_mounts(&id, true);
+    let mut r = c.request(false);
+    r["OCI"]["Process"]["User"]["AdditionalGids"] = json!([1000, 3000, 3001, 4000]);
+    r["OCI"]["Linux"]["Seccomp"] = runtime_default_seccomp();
+    r
+}
+
+fn secure_exec(args: &[&str]) -> Value {
+    let mut r = exec_request(&cid('c'), args, &[PATH_ENV], 1000);
+    r["process"]["Cwd"] = json!("/srv");
+    r["process"]["User"]["AdditionalGids"] = json!([1000, 3000]);
+    r
+}
+
+#[test]
+fn secure_pod_every_field_its_yaml_decides() {
+    let images = Images::build();
+    let out = generate(&["secure-pod.yaml"], &images);
+    let p = &out.policies[0];
+    let before = || {
+        vec![
+            ("CreateSandboxRequest", sandbox(), true, None),
+            ("CreateContainerRequest", secure_pause(&images), true, None),
+        ]
+    };
+    let server = secure_server(&images);
+    let mut steps = before();
+    steps.push(("CreateContainerRequest", server.clone(), true, None));
+    run(p, "secure pod as sent", &steps);
+
+    let seccomp_rule = |names: &[&str], action: &str| json!({"Names": names, "Action": action, "Args": []});
+    let cases: Vec<BoxedCase> = vec![
+        ("seccomp allows by default", Box::new(|r| r["OCI"]["Linux"]["Seccomp"]["DefaultAction"] = json!("SCMP_ACT_ALLOW")), false,
+            "OCI.Linux.Seccomp.DefaultAction: sent \"SCMP_ACT_ALLOW\""),
+        ("seccomp only logs", Box::new(|r| r["OCI"]["Linux"]["Seccomp"]["DefaultAction"] = json!("SCMP_ACT_LOG")), false,
+            "OCI.Linux.Seccomp.DefaultAction"),
+        ("seccomp dropped", Box::new(|r| r["OCI"]["Linux"]["Seccomp"] = Value::Null), false,
+            "OCI.Linux.Seccomp: sent null, allowed runtime-default profile"),
+        ("seccomp allows mount", Box::new(move |r| {
+            r["OCI"]["Linux"]["Seccomp"]["Syscalls"].as_array_mut().unwrap().push(seccomp_rule(&["mount", "read"], "SCMP_ACT_ALLOW"));
+        }), false, "SCMP_ACT_ALLOW allows mount, which needs one of [\"CAP_SYS_ADMIN\"]"),
+        ("seccomp allows keyctl", Box::new(move |r| {
+            r["OCI"]["Linux"]["Seccomp"]["Syscalls"].as_array_mut().unwrap().push(seccomp_rule(&["keyctl"], "SCMP_ACT_LOG"));
+        }), false, "allows keyctl, which needs one of []"),
+        ("seccomp allows clone without the namespace mask", Box::new(move |r| {
+            r["OCI"]["Linux"]["Seccomp"]["Syscalls"].as_array_mut().unwrap().push(seccomp_rule(&["clone"], "SCMP_ACT_ALLOW"));
+        }), false, "allows clone"),
+        ("seccomp hands decisions to a listener", Box::new(move |r| {
+            r["OCI"]["Linux"]["Seccomp"]["Syscalls"].as_array_mut().unwrap().push(seccomp_rule(&["openat"], "SCMP_ACT_NOTIFY"));
+        }), false, "SCMP_ACT_NOTIFY for [\"openat\"], not allowed"),
+        ("seccomp without speculation mitigations", Box::new(|r| r["OCI"]["Linux"]["Seccomp"]["Flags"] = json!(["SECCOMP_FILTER_FLAG_SPEC_ALLOW"])), false,
+            "OCI.Linux.Seccomp.Flags: sent \"SECCOMP_FILTER_FLAG_SPEC_ALLOW\""),
+        ("seccomp with a removed allow rule (stricter)", Box::new(|r| {
+            r["OCI"]["Linux"]["Seccomp"]["Syscalls"].as_array_mut().unwrap().remove(0);
+        }), true, ""),
+        ("supplementary group root", Box::new(|r| r["OCI"]["Process"]["User"]["AdditionalGids"].as_array_mut().unwrap().push(json!(0))), false,
+            "OCI.Process.User.AdditionalGids: sent 0, allowed [1000,3000,3001,4000]"),
+        ("fewer supplementary groups", Box::new(|r| r["OCI"]["Process"]["User"]["AdditionalGids"] = json!([1000])), true, ""),
+        ("user name", Box::new(|r| r["OCI"]["Process"]["User"]["Username"] = json!("root")), false, "OCI.Process.User.Username"),
+        ("containerd's default rlimit", Box::new(|r| r["OCI"]["Process"]["Rlimits"] = json!([{"Type": "RLIMIT_NOFILE", "Hard": 1024, "Soft": 1024}])), true, ""),
+        ("core dumps rlimit", Box::new(|r| r["OCI"]["Process"]["Rlimits"] = json!([{"Type": "RLIMIT_CORE", "Hard": 1u64 << 40, "Soft": 1u64 << 40}])), false,
+            "OCI.Process.Rlimits: sent {\"Hard\":1099511627776,\"Soft\":1099511627776,\"Type\":\"RLIMIT_CORE\"}"),
+        ("huge NOFILE", Box::new(|r| r["OCI"]["Process"]["Rlimits"] = json!([{"Type": "RLIMIT_NOFILE", "Hard": 1u64 << 40, "Soft": 1024}])), false, "OCI.Process.Rlimits"),
+        ("OOM score out of range", Box::new(|r| r["OCI"]["Process"]["OOMScoreAdj"] = json!(-5000)), false, "OCI.Process.OOMScoreAdj: sent -5000"),
+        ("another hostname", Box::new(|r| r["OCI"]["Hostname"] = json!("evil")), false, "OCI.Hostname: sent \"evil\""),
+        ("the pod's hostname", Box::new(|r| r["OCI"]["Hostname"] = json!("vault-0")), true, ""),
+        ("shared root propagation", Box::new(|r| r["OCI"]["Linux"]["RootfsPropagation"] = json!("rshared")), false, "OCI.Linux.RootfsPropagation: sent \"rshared\""),
+        ("cache allocation", Box::new(|r| r["OCI"]["Linux"]["IntelRdt"] = json!({"L3CacheSchema": "L3:0=ff"})), false, "OCI.Linux.IntelRdt"),
+        ("apparmor profile", Box::new(|r| r["OCI"]["Process"]["ApparmorProfile"] = json!("unconfined")), false, "OCI.Process.ApparmorProfile"),
+        ("more memory than the limit", Box::new(|r| r["OCI"]["Linux"]["Resources"]["Memory"]["Limit"] = json!(1u64 << 30)), false,
+            "OCI.Linux.Resources.Memory.Limit: sent 1073741824, allowed 1..268435456"),
+        ("no memory limit", Box::new(|r| r["OCI"]["Linux"]["Resources"]["Memory"] = Value::Null), false, "Memory.Limit: sent null"),
+        ("more CPU than the limit", Box::new(|r| r["OCI"]["Linux"]["Resources"]["CPU"]["Quota"] = json!(200000)), false,
+            "OCI.Linux.Resources.CPU: sent"),
+        ("pull storage options", Box::new(|r| r["storages"][0]["options"] = json!(["rw"])), false, "storages[image_guest_pull].options"),
+        ("pull storage fs_group", Box::new(|r| r["storages"][0]["fs_group"] = json!({"group_id": 0})), false, "fs_group"),
+        ("capability beyond the added one", Box::new(|r| r["OCI"]["Process"]["Capabilities"]["Effective"].as_array_mut().unwrap().push(json!("CAP_CHOWN"))), false,
+            "OCI.Process.Capabilities.Effective: sent CAP_CHOWN"),
+        ("a second sandbox container", Box::new(|r| {
+            r["OCI"]["Annotations"]["io.kubernetes.cri.container-type"] = json!("sandbox");
+        }), false, "sandbox"),
+    ];
+    for (label, mutate, allowed, reason) in cases {
+        let mut req = server.clone();
+        mutate(&mut req);
+        let want = if reason.is_empty() { None } else { Some(reason) };
+        let mut steps = before();
+        steps.push(("CreateContainerRequest", req, allowed, want));
+        run(p, label, &steps);
+    }
+    // The pause container is the pod's first, and only once.
+    let mut steps = before();
+    let mut second = secure_pause(&images);
+    second["container_id"] = json!(cid('d'));
+    steps.push(("CreateContainerRequest", second, false, Some("the sandbox container aaaa")));
+    run(p, "second pause", &steps);
+
+    // ExecProcess: the probe, with no more than the container's own process.
+    let mut with_server = before();
+    with_server.push(("CreateContainerRequest", server.clone(), true, None));
+    let probe = secure_exec(&["cat", "/srv/ready"]);
+    let exec_cases: Vec<BoxedCase> = vec![
+        ("the probe", Box::new(|_| {}), true, ""),
+        ("the probe with a terminal", Box::new(|r| r["process"]["Terminal"] = json!(true)), true, ""),
+        ("the probe with the container's capability", Box::new(|r| r["process"]["Capabilities"] = json!({"Bounding": ["CAP_NET_BIND_SERVICE"], "Effective": ["CAP_NET_BIND_SERVICE"]})), true, ""),
+        ("the probe with CAP_SYS_ADMIN", Box::new(|r| r["process"]["Capabilities"] = json!({"Bounding": ["CAP_SYS_ADMIN"], "Effective": ["CAP_SYS_ADMIN"], "Permitted": ["CAP_SYS_ADMIN"]})), false,
+            "server: process.Capabilities.Bounding: sent CAP_SYS_ADMIN, not allowed"),
+        ("the probe may escalate", Box::new(|r| r["process"]["NoNewPrivileges"] = json!(false)), false, "process.NoNewPrivileges: sent false, allowed true"),
+        ("the probe elsewhere", Box::new(|r| r["process"]["Cwd"] = json!("/")), false, "process.Cwd: sent \"/\", allowed \"/srv\""),
+        ("the probe in group root", Box::new(|r| r["process"]["User"]["AdditionalGids"] = json!([0])), false, "process.User.AdditionalGids: sent 0"),
+        ("the probe with another rlimit", Box::new(|r| r["process"]["Rlimits"] = json!([{"Type": "RLIMIT_MEMLOCK", "Hard": 1, "Soft": 1}])), false, "process.Rlimits"),
+        ("the probe unconfined by apparmor", Box::new(|r| r["process"]["ApparmorProfile"] = json!("unconfined")), false, "process.ApparmorProfile"),
+        ("the probe with an SELinux label", Box::new(|r| r["process"]["SelinuxLabel"] = json!("system_u:system_r:spc_t:s0")), false, "process.SelinuxLabel"),
+        ("the probe as root", Box::new(|r| r["process"]["User"]["UID"] = json!(0)), false, "process.User.UID: sent 0, allowed 1000"),
+    ];
+    for (label, mutate, allowed, reason) in exec_cases {
+        let mut req = probe.clone();
+        mutate(&mut req);
+        let want = if reason.is_empty() { None } else { Some(reason) };
+        let mut steps = with_server.clone();
+        steps.push(("ExecProcessRequest", req, allowed, want));
+        run(p, label, &steps);
+    }
+
+    // UpdateContainer: within the pod spec's limits; device rules never allow.
+    let update = |res: Value| json!({"container_id": cid('c'), "resources": res});
+    let fits = json!({"Devices": [], "Memory": {"Limit": 134217728}, "CPU": {"Shares": 102, "Quota": 50000, "Period": 100000}});
+    let mut more_memory = fits.clone();
+    more_memory["Memory"]["Limit"] = json!(1u64 << 33);
+    let mut more_cpu = fits.clone();
+    more_cpu["CPU"]["Quota"] = json!(400000);
+    let mut device = fits.clone();
+    device["Devices"] = json!([{"Allow": true, "Type": "c", "Major": 1, "Minor": 1, "Access": "rwm"}]);
+    let mut pause_update = update(fits.clone());
+    pause_update["container_id"] = json!(cid('a'));
+    let mut unknown = update(fits.clone());
+    unknown["container_id"] = json!(cid('f'));
+    let update_cases: Vec<(&str, Value, bool, &str)> = vec![
+        ("within the limits", update(fits.clone()), true, ""),
+        ("more memory", update(more_memory), false, "server: resources.Memory.Limit: sent 8589934592, allowed 1..268435456"),
+        ("more CPU", update(more_cpu), false, "server: resources.CPU"),
+        ("a device allowed", update(device), false, "server: resources.Devices (allow rules)"),
+        ("no resources", json!({"container_id": cid('c'), "resources": null}), false, "resources: sent null, expected object"),
+        ("the pause container", pause_update, false, "pause: the sandbox container's resources"),
+        ("an unknown container", unknown, false, "was not created under this policy"),
+    ];
+    for (label, req, allowed, reason) in update_cases {
+        let want = if reason.is_empty() { None } else { Some(reason) };
+        let mut steps = with_server.clone();
+        steps.push(("UpdateContainerRequest", req, allowed, want));
+        run(p, label, &steps);
+    }
+}
+
+#[test]
+fn quantities() {
+    use policy::gen::parse_quantity;
+    for (text, milli, want) in [
+        ("256Mi", false, Some(268_435_456)),
+        ("1G", false, Some(1_000_000_000)),
+        ("1.5Gi", false, Some(1_610_612_736)),
+        ("500m", true, Some(500)),
+        ("2", true, Some(2000)),
+        ("0.5", true, Some(500)),
+        ("1e3", false, Some(1000)),
+        ("100m", false, Some(1)),
+        ("", false, None),
+        ("1.2.3", false, None),
+        ("12Qi", false, None),
+        ("99999999999999999999Ei", false, None),
+    ] {
+        assert_eq!(parse_quantity(text, milli), want, "{text} (milli {milli})");
+    }
+}

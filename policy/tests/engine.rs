@@ -335,3 +335,24 @@ Names := policy_data.names
     assert!(e.evaluate("ExecProcessRequest", &json!({"cmd": "ls"})).unwrap().allowed);
     assert!(matches!(e.evaluate("ExecProcessRequest", &json!({"cmd": "ls", "x": true})), Err(PolicyError::Eval { .. })));
 }
+
+/// An allowed request's state change waits for `commit`: a request that was allowed but
+/// then not carried out (the agent refused it) leaves the state as it was.
+#[test]
+fn deferred_ops_apply_only_on_commit() {
+    let rego = r#"package agent_policy
+CreateSandboxRequest := {"allowed": true, "ops": [{"op": "add", "path": "/pstate/created", "value": true}]} if {
+	not data.pstate.created
+} else := {"allowed": false, "reason": "sandbox already created"}
+"#;
+    let mut e = PolicyEngine::from_rego(rego, None).unwrap();
+    let (d, pending) = e.decide_json("CreateSandboxRequest", "{}").unwrap();
+    assert!(d.allowed && pending.is_some());
+    drop(pending); // the agent refused it
+    let (d, pending) = e.decide_json("CreateSandboxRequest", "{}").unwrap();
+    assert!(d.allowed, "a refused request moved the state on: {d}");
+    e.commit(pending.unwrap()).unwrap();
+    assert_eq!(e.pstate(), &serde_json::json!({"created": true}));
+    let (d, pending) = e.decide_json("CreateSandboxRequest", "{}").unwrap();
+    assert!(!d.allowed && pending.is_none());
+}

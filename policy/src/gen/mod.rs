@@ -57,6 +57,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use pod::parse_quantity;
 pub use image::{ImageConfig, ImageError, ImageRef, ImageStore, RemoteImages, ResolvedImage};
 #[cfg(feature = "registry")]
 pub use registry::{Registry, RegistryError, RegistryOptions};
@@ -131,6 +132,53 @@ pub struct Common {
     pub allow_env_regex: Vec<String>,
     /// `CopyFileRequest` paths, as regexes (placeholders as in mount sources).
     pub copy_file_regex: Vec<String>,
+    /// Rlimits a process may be given: type -> largest hard limit.
+    #[serde(default = "default_allowed_rlimits")]
+    pub allowed_rlimits: BTreeMap<String, u64>,
+    /// Syscalls a seccomp profile may allow only to a container holding one of the listed
+    /// capabilities (none listed: never). What the runtimes' default profiles reserve.
+    #[serde(default = "default_seccomp_gated_syscalls")]
+    pub seccomp_gated_syscalls: BTreeMap<String, Vec<String>>,
+}
+
+fn default_seccomp_gated_syscalls() -> BTreeMap<String, Vec<String>> {
+    let gated: &[(&[&str], &[&str])] = &[
+        (
+            &[
+                "mount", "umount", "umount2", "unshare", "setns", "fsopen", "fsconfig", "fsmount",
+                "fspick", "move_mount", "open_tree", "mount_setattr", "sethostname",
+                "setdomainname", "name_to_handle_at", "lookup_dcookie", "quotactl",
+                "quotactl_fd", "fanotify_init", "clone", "clone3",
+            ],
+            &["CAP_SYS_ADMIN"],
+        ),
+        (&["bpf"], &["CAP_SYS_ADMIN", "CAP_BPF"]),
+        (&["perf_event_open"], &["CAP_SYS_ADMIN", "CAP_PERFMON"]),
+        (&["init_module", "finit_module", "delete_module"], &["CAP_SYS_MODULE"]),
+        (&["reboot", "kexec_load", "kexec_file_load"], &["CAP_SYS_BOOT"]),
+        (&["iopl", "ioperm"], &["CAP_SYS_RAWIO"]),
+        (&["settimeofday", "stime", "clock_settime", "clock_settime64"], &["CAP_SYS_TIME"]),
+        (&["acct"], &["CAP_SYS_PACCT"]),
+        (&["open_by_handle_at"], &["CAP_DAC_READ_SEARCH"]),
+        (&["chroot"], &["CAP_SYS_CHROOT"]),
+        (
+            &[
+                "swapon", "swapoff", "keyctl", "add_key", "request_key", "nfsservctl",
+                "create_module", "get_kernel_syms", "uselib", "vm86", "vm86old", "_sysctl",
+            ],
+            &[],
+        ),
+    ];
+    gated
+        .iter()
+        .flat_map(|(names, caps)| {
+            names.iter().map(move |n| ((*n).to_owned(), caps.iter().map(|c| (*c).to_owned()).collect()))
+        })
+        .collect()
+}
+
+fn default_allowed_rlimits() -> BTreeMap<String, u64> {
+    BTreeMap::from([("RLIMIT_NOFILE".to_owned(), 1_048_576)])
 }
 
 /// A mount a container may have.
@@ -163,6 +211,9 @@ pub struct SandboxData {
     pub namespace: String,
     /// `securityContext.sysctls` of the pod.
     pub sysctls: BTreeMap<String, String>,
+    /// `spec.hostname`, when the pod sets one (else the hostname is the pod name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// Requests that are allowed or not as a whole.
@@ -208,6 +259,27 @@ pub struct ContainerData {
     pub storages: Vec<StorageData>,
     /// The argv lists `ExecProcess` may run in this container.
     pub exec_commands: Vec<Vec<String>>,
+    /// The pod spec's resource limits for this container (absent: no limit set).
+    #[serde(default, skip_serializing_if = "ResourceLimits::is_empty")]
+    pub resources: ResourceLimits,
+}
+
+/// A container's `resources.limits`, as the rules compare them with cgroup settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceLimits {
+    /// `limits.memory` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
+    /// `limits.cpu` in millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_milli: Option<u64>,
+}
+
+impl ResourceLimits {
+    fn is_empty(&self) -> bool {
+        self.memory_limit.is_none() && self.cpu_limit_milli.is_none()
+    }
 }
 
 /// The process of a container, with the OCI field names the rules compare.
@@ -233,6 +305,9 @@ pub struct ProcessData {
     pub Terminal: bool,
     /// The capabilities any capability set may hold.
     pub Capabilities: Vec<String>,
+    /// Supplementary groups besides the primary one (`supplementalGroups`, `fsGroup`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub AdditionalGids: Vec<u32>,
 }
 
 /// A storage (besides the image pull) a container may ask the agent for.
@@ -359,6 +434,8 @@ impl Default for Settings {
                     "^$(cpath)/$(bundle-id)-[a-z0-9]{16}-[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"
                         .to_owned(),
                 ],
+                allowed_rlimits: default_allowed_rlimits(),
+                seccomp_gated_syscalls: default_seccomp_gated_syscalls(),
             },
             request_defaults: RequestDefaults {
                 read_stream: false,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::image::{ImageConfig, ImageError, ImageRef, ImageStore, ResolvedImage};
 use super::k8s::{self, regex_escape, scalar_string, K8sError, References, Workload};
 use super::{
-    ContainerData, MountData, PolicyData, ProcessData, SandboxData, Settings, StorageData,
+    ContainerData, MountData, PolicyData, ProcessData, ResourceLimits, SandboxData, Settings, StorageData,
     POLICY_DATA_VERSION,
 };
 
@@ -140,7 +140,12 @@ pub(crate) fn build(
     let data = PolicyData {
         version: POLICY_DATA_VERSION,
         common: settings.common.clone(),
-        sandbox: SandboxData { name_regex: w.name_regex.clone(), namespace: ctx.namespace.clone(), sysctls },
+        sandbox: SandboxData {
+            name_regex: w.name_regex.clone(),
+            namespace: ctx.namespace.clone(),
+            sysctls,
+            hostname: spec.get("hostname").and_then(Value::as_str).map(str::to_owned),
+        },
         request_defaults: settings.request_defaults.clone(),
         containers,
     };
@@ -222,10 +227,12 @@ fn pause(ctx: &Ctx<'_>, images: &ImageStore) -> Result<ContainerData, PodError> 
             NoNewPrivileges: true,
             Terminal: false,
             Capabilities: ctx.settings.common.default_caps.clone(),
+            AdditionalGids: supplemental_groups(ctx.spec.get("securityContext")),
         },
         mounts,
         storages: Vec::new(),
         exec_commands: Vec::new(),
+        resources: ResourceLimits::default(),
     })
 }
 
@@ -288,7 +295,11 @@ fn container(
     let (k8s_env, env_regex) = pod_env(ctx, c, &name, field)?;
     let env = merge_env(config.env.clone().unwrap_or_default(), &k8s_env);
     let mut env_regex = env_regex;
-    env_regex.push(format!("^HOSTNAME={}$", strip_anchors(&w.name_regex)));
+    // HOSTNAME is the pod's hostname: `spec.hostname`, or the pod name.
+    match ctx.spec.get("hostname").and_then(Value::as_str) {
+        Some(h) => env_regex.push(format!("^HOSTNAME={}$", regex_escape(h))),
+        None => env_regex.push(format!("^HOSTNAME={}$", strip_anchors(&w.name_regex))),
+    }
     let exact: BTreeMap<String, String> = k8s_env
         .iter()
         .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
@@ -347,11 +358,85 @@ fn container(
             NoNewPrivileges: no_new_privs,
             Terminal: c.get("tty").and_then(Value::as_bool) == Some(true),
             Capabilities: caps,
+            AdditionalGids: supplemental_groups(pod_sc),
         },
         mounts,
         storages,
         exec_commands,
+        resources: resource_limits(w, c, field)?,
     })
+}
+
+/// The pod's `supplementalGroups` and `fsGroup`: the groups the kubelet adds to every
+/// process of the pod.
+fn supplemental_groups(pod_sc: Option<&Value>) -> Vec<u32> {
+    let mut gids: Vec<u32> = pod_sc
+        .and_then(|s| s.get("supplementalGroups"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(pod_sc.and_then(|s| s.get("fsGroup")))
+        .filter_map(Value::as_u64)
+        .filter_map(|g| u32::try_from(g).ok())
+        .collect();
+    gids.sort_unstable();
+    gids.dedup();
+    gids
+}
+
+/// `resources.limits.memory` and `.cpu` of a container.
+fn resource_limits(w: &Workload, c: &Value, field: &str) -> Result<ResourceLimits, PodError> {
+    let limit = |key: &str, milli: bool| -> Result<Option<u64>, PodError> {
+        let Some(v) = c.pointer(&format!("/resources/limits/{key}")) else { return Ok(None) };
+        let text = scalar_string(v);
+        parse_quantity(&text, milli)
+            .map(Some)
+            .ok_or_else(|| w.shape(&format!("{field}.resources.limits.{key}"), format!("{text:?} is not a quantity")).into())
+    };
+    Ok(ResourceLimits { memory_limit: limit("memory", false)?, cpu_limit_milli: limit("cpu", true)? })
+}
+
+/// A Kubernetes quantity (`128Mi`, `1G`, `500m`, `0.5`, `2e3`) as an integer: in units,
+/// rounded up, or (with `milli`) in thousandths of a unit. `None` if it does not parse or
+/// does not fit.
+pub fn parse_quantity(text: &str, milli: bool) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|ch: char| !(ch.is_ascii_digit() || ch == '.')).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    if num.is_empty() || num.matches('.').count() > 1 {
+        return None;
+    }
+    let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
+    // value = (int_part.frac_part) * mult / div, computed in integers.
+    let (mult, div): (u128, u128) = match suffix {
+        "" => (1, 1),
+        "m" => (1, 1000),
+        "k" => (1000, 1),
+        "M" => (1_000_000, 1),
+        "G" => (1_000_000_000, 1),
+        "T" => (1_000_000_000_000, 1),
+        "P" => (1_000_000_000_000_000, 1),
+        "E" => (1_000_000_000_000_000_000, 1),
+        "Ki" => (1 << 10, 1),
+        "Mi" => (1 << 20, 1),
+        "Gi" => (1 << 30, 1),
+        "Ti" => (1 << 40, 1),
+        "Pi" => (1 << 50, 1),
+        "Ei" => (1 << 60, 1),
+        _ => {
+            let exp: u32 = suffix.strip_prefix(['e', 'E'])?.parse().ok()?;
+            (10u128.checked_pow(exp)?, 1)
+        }
+    };
+    if frac_part.len() > 9 {
+        return None;
+    }
+    let scale = 10u128.pow(u32::try_from(frac_part.len()).ok()?);
+    let digits: u128 = format!("{int_part}{frac_part}").parse().ok()?;
+    let unit = if milli { 1000 } else { 1 };
+    let numer = digits.checked_mul(mult)?.checked_mul(unit)?;
+    let denom = scale.checked_mul(div)?;
+    u64::try_from(numer.div_ceil(denom)).ok()
 }
 
 fn strip_anchors(re: &str) -> &str {

@@ -268,6 +268,8 @@ impl Create {
         r["storages"] = json!(storages);
         let oci = &mut r["OCI"];
         oci["Root"] = json!({"Path": rootfs, "Readonly": self.read_only_root});
+        // containerd gives the sandbox the pod's hostname; containers share it.
+        oci["Hostname"] = json!(if sandbox_container { self.sandbox_name.as_str() } else { "" });
         let a = &mut oci["Annotations"];
         a["io.kubernetes.cri.sandbox-name"] = json!(self.sandbox_name);
         a["io.kubernetes.cri.sandbox-namespace"] = json!(self.namespace);
@@ -300,5 +302,7 @@ pub fn exec_request(cid: &str, args: &[&str], env: &[&str], uid: u32) -> Value {
     r["process"]["Env"] = json!(env);
     r["process"]["User"]["UID"] = json!(uid);
     r["process"]["User"]["GID"] = json!(uid);
+    // containerd execs with the container's process as the base: its working dir.
+    r["process"]["Cwd"] = json!("/");
     r
 }
