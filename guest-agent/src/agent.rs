@@ -232,6 +232,7 @@ impl Agent {
         if !req.hostname.is_empty() && (req.hostname.len() > 64 || req.hostname.contains(['/', '\0'])) {
             return Err(AgentError::invalid("hostname", format!("{:?} is not a valid hostname", req.hostname)));
         }
+        let resolv_conf = crate::dns::resolv_conf(&req.dns)?;
         let mut sb = self.sandbox.lock().await;
         if let Some(id) = &sb.id {
             return Err(AgentError::AlreadyExists { what: "sandbox", id: id.clone() });
@@ -245,8 +246,7 @@ impl Agent {
             nix::unistd::sethostname(&req.hostname).map_err(|e| undo(AgentError::io("set hostname")(e.into())))?;
         }
         if self.cfg.init_mode && !req.dns.is_empty() {
-            let body: String = req.dns.iter().map(|l| format!("{l}\n")).collect();
-            std::fs::write("/etc/resolv.conf", body).map_err(|e| undo(AgentError::io("write /etc/resolv.conf")(e)))?;
+            std::fs::write("/etc/resolv.conf", resolv_conf).map_err(|e| undo(AgentError::io("write /etc/resolv.conf")(e)))?;
         }
         sb.id = Some(if req.sandbox_id.is_empty() { "sandbox".into() } else { req.sandbox_id.clone() });
         sb.hostname = (!req.hostname.is_empty()).then(|| req.hostname.clone());

@@ -17,6 +17,7 @@
 //! - [`api_server`]: the workload endpoint on `127.0.0.1:8006` (CoCo's paths);
 //! - [`spec`]: what the agent enforces on a host-supplied OCI spec;
 //! - [`copy_file`]: `CopyFile` confined to the shared directory;
+//! - [`dns`]: CreateSandbox's `dns` lines, checked before they become resolv.conf;
 //! - [`sandbox_storage`]: CreateSandbox's `ephemeral` tmpfs (the pod's shared /dev/shm);
 //! - [`init`]: PID 1 duties (kernel filesystems, modules, reaping orphans).
 //!
@@ -42,6 +43,7 @@ pub mod api_server;
 pub mod attest_gate;
 pub mod attestation;
 pub mod copy_file;
+pub mod dns;
 mod endpoints;
 pub mod error;
 pub mod gate;
