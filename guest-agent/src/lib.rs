@@ -11,6 +11,7 @@
 //! - [`runner`]: the single-threaded per-container helper process that owns youki's
 //!   `libcontainer` calls and the waits of the container's processes;
 //! - [`policy_gate`]: the Rego agent API policy as a gate check;
+//! - [`no_tee`]: a `release-tee` agent without a TEE serves nothing but health checks;
 //! - [`tee`]: which TEE the VM runs in (SEV-SNP, TDX, the simulated one) and its attester;
 //! - [`initdata`]: the initdata disk and its binding to the TEE;
 //! - [`attestation`], [`attest_gate`]: `aa.toml`, the attest-before-run check;
@@ -52,6 +53,7 @@ pub mod init;
 pub mod initdata;
 pub mod policy_gate;
 pub mod net;
+pub mod no_tee;
 pub mod runner;
 pub mod sandbox_storage;
 pub mod server;
