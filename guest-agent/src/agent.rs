@@ -146,6 +146,10 @@ pub struct Agent {
     policy: Option<Arc<crate::policy_gate::PolicyCheck>>,
     /// The `image_guest_pull` storage driver (pulls into `<state_dir>/images`).
     images: Arc<crate::image_pull::ImagePuller>,
+    /// CopyFile writes the shared directory under the write lock; CreateContainer holds
+    /// the read lock from checking its mount sources until its mounts are made, so no
+    /// CopyFile can swap a checked source for a symlink in between.
+    tree: tokio::sync::RwLock<()>,
 }
 
 /// Checks a container or exec id: 1..=128 characters of `[A-Za-z0-9_.-]`, not starting
@@ -180,6 +184,7 @@ impl Agent {
             oom_rx: Mutex::new(oom_rx),
             policy: None,
             images,
+            tree: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -341,13 +346,21 @@ impl Agent {
         exec_id: &str,
         mut spec: oci_spec::runtime::Spec,
     ) -> Result<Arc<Container>, AgentError> {
-        let hostname = self.sandbox.lock().await.hostname.clone();
+        let (hostname, others) = {
+            let sb = self.sandbox.lock().await;
+            let others: Vec<String> =
+                sb.containers.keys().chain(sb.creating.iter()).filter(|id| id.as_str() != cid).cloned().collect();
+            (sb.hostname.clone(), others)
+        };
+        // Held until the runner has made the container's mounts (see `tree`).
+        let _tree = self.tree.read().await;
         crate::spec::adjust(&mut spec, &crate::spec::Adjust {
             container_id: cid,
             shared_dir: &self.cfg.shared_dir,
             sandbox_dir: &self.cfg.sandbox_dir,
             cgroup_parent: &self.cfg.cgroup_parent,
             hostname: hostname.as_deref(),
+            other_containers: &others,
         })?;
         let bundle = self.cfg.state_dir.join("bundles").join(cid);
         let cleanup_bundle = |b: &Path| {
@@ -668,6 +681,7 @@ impl Agent {
     /// CopyFile: writes a file below the shared directory.
     pub async fn copy_file(&self, req: pb::CopyFileRequest) -> Result<Empty, AgentError> {
         let root = self.cfg.shared_dir.clone();
+        let _tree = self.tree.write().await;
         tokio::task::spawn_blocking(move || {
             copy_file(&root, &CopyFileArgs {
                 path: &req.path,
