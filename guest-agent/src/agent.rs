@@ -96,6 +96,9 @@ struct Container {
     processes: std::sync::Mutex<HashMap<String, Arc<Process>>>,
     /// The rootfs the agent made from a guest-pulled image, released at removal.
     guest_rootfs: std::sync::Mutex<Option<crate::image_pull::GuestRootfs>>,
+    /// Its directory below the shared directory (real path, id joined lexically): no
+    /// mount below it survives the teardown.
+    dir: PathBuf,
 }
 
 impl Container {
@@ -279,6 +282,11 @@ impl Agent {
                 first_err.get_or_insert(e);
             }
         }
+        // Whatever failed above: no mount of the agent's stays.
+        let roots = [&self.cfg.shared_dir, &self.cfg.state_dir, &self.cfg.sandbox_dir].map(|d| crate::mounts::real(d));
+        if let Err(e) = crate::mounts::unmount_below(&roots) {
+            first_err.get_or_insert(e);
+        }
         first_err.map_or(Ok(Empty::new()), Err)
     }
 
@@ -394,6 +402,7 @@ impl Agent {
             init_exec_id: exec_id.to_string(),
             processes: std::sync::Mutex::new(HashMap::from([(exec_id.to_string(), Arc::new(init))])),
             guest_rootfs: std::sync::Mutex::new(None),
+            dir: crate::mounts::real(&self.cfg.shared_dir).join(cid),
         });
         self.watch_oom(&container);
         Ok(container)
@@ -444,6 +453,9 @@ impl Agent {
         }
     }
 
+    /// Destroys the container's processes and runner and frees its rootfs. Whatever
+    /// fails, nothing stays mounted below `<shared>/<id>` (a rootfs still busy is
+    /// detached), and the first error is returned.
     async fn teardown(c: &Container) -> Result<(), AgentError> {
         let r = c.runner.destroy().await;
         if let Ok(mut p) = c.processes.lock() {
@@ -452,8 +464,12 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&c.bundle);
         let rootfs = c.guest_rootfs.lock().ok().and_then(|mut g| g.take());
         let released = rootfs.map_or(Ok(()), crate::image_pull::GuestRootfs::release);
+        if let Err(e) = &released {
+            tracing::warn!("container {}: {}; detaching what is left", c.id, crate::error::chain(e));
+        }
+        let swept = crate::mounts::unmount_below(std::slice::from_ref(&c.dir));
         r?;
-        released
+        released.and(swept)
     }
 
     /// ExecProcess: starts another process in a running container.

@@ -20,6 +20,7 @@
 //! - [`copy_file`]: `CopyFile` confined to the shared directory;
 //! - [`dns`]: CreateSandbox's `dns` lines, checked before they become resolv.conf;
 //! - [`sandbox_storage`]: CreateSandbox's `ephemeral` tmpfs (the pod's shared /dev/shm);
+//! - [`mounts`]: the sweep that leaves no agent mount behind a failed teardown;
 //! - [`init`]: PID 1 duties (kernel filesystems, modules, reaping orphans).
 //!
 //! # Example: serve on a unix socket
@@ -51,6 +52,7 @@ pub mod gate;
 pub mod image_pull;
 pub mod init;
 pub mod initdata;
+pub mod mounts;
 pub mod policy_gate;
 pub mod net;
 pub mod no_tee;
