@@ -96,6 +96,9 @@ struct Container {
     processes: std::sync::Mutex<HashMap<String, Arc<Process>>>,
     /// The rootfs the agent made from a guest-pulled image, released at removal.
     guest_rootfs: std::sync::Mutex<Option<crate::image_pull::GuestRootfs>>,
+    /// Its directory below the shared directory (real path, id joined lexically): no
+    /// mount below it survives the teardown.
+    dir: PathBuf,
 }
 
 impl Container {
@@ -146,6 +149,10 @@ pub struct Agent {
     policy: Option<Arc<crate::policy_gate::PolicyCheck>>,
     /// The `image_guest_pull` storage driver (pulls into `<state_dir>/images`).
     images: Arc<crate::image_pull::ImagePuller>,
+    /// CopyFile writes the shared directory under the write lock; CreateContainer holds
+    /// the read lock from checking its mount sources until its mounts are made, so no
+    /// CopyFile can swap a checked source for a symlink in between.
+    tree: tokio::sync::RwLock<()>,
 }
 
 /// Checks a container or exec id: 1..=128 characters of `[A-Za-z0-9_.-]`, not starting
@@ -180,6 +187,7 @@ impl Agent {
             oom_rx: Mutex::new(oom_rx),
             policy: None,
             images,
+            tree: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -232,6 +240,7 @@ impl Agent {
         if !req.hostname.is_empty() && (req.hostname.len() > 64 || req.hostname.contains(['/', '\0'])) {
             return Err(AgentError::invalid("hostname", format!("{:?} is not a valid hostname", req.hostname)));
         }
+        let resolv_conf = crate::dns::resolv_conf(&req.dns)?;
         let mut sb = self.sandbox.lock().await;
         if let Some(id) = &sb.id {
             return Err(AgentError::AlreadyExists { what: "sandbox", id: id.clone() });
@@ -245,8 +254,7 @@ impl Agent {
             nix::unistd::sethostname(&req.hostname).map_err(|e| undo(AgentError::io("set hostname")(e.into())))?;
         }
         if self.cfg.init_mode && !req.dns.is_empty() {
-            let body: String = req.dns.iter().map(|l| format!("{l}\n")).collect();
-            std::fs::write("/etc/resolv.conf", body).map_err(|e| undo(AgentError::io("write /etc/resolv.conf")(e)))?;
+            std::fs::write("/etc/resolv.conf", resolv_conf).map_err(|e| undo(AgentError::io("write /etc/resolv.conf")(e)))?;
         }
         sb.id = Some(if req.sandbox_id.is_empty() { "sandbox".into() } else { req.sandbox_id.clone() });
         sb.hostname = (!req.hostname.is_empty()).then(|| req.hostname.clone());
@@ -273,6 +281,11 @@ impl Agent {
             if let Err(e) = crate::sandbox_storage::unmount(p) {
                 first_err.get_or_insert(e);
             }
+        }
+        // Whatever failed above: no mount of the agent's stays.
+        let roots = [&self.cfg.shared_dir, &self.cfg.state_dir, &self.cfg.sandbox_dir].map(|d| crate::mounts::real(d));
+        if let Err(e) = crate::mounts::unmount_below(&roots) {
+            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(Empty::new()), Err)
     }
@@ -341,13 +354,21 @@ impl Agent {
         exec_id: &str,
         mut spec: oci_spec::runtime::Spec,
     ) -> Result<Arc<Container>, AgentError> {
-        let hostname = self.sandbox.lock().await.hostname.clone();
+        let (hostname, others) = {
+            let sb = self.sandbox.lock().await;
+            let others: Vec<String> =
+                sb.containers.keys().chain(sb.creating.iter()).filter(|id| id.as_str() != cid).cloned().collect();
+            (sb.hostname.clone(), others)
+        };
+        // Held until the runner has made the container's mounts (see `tree`).
+        let _tree = self.tree.read().await;
         crate::spec::adjust(&mut spec, &crate::spec::Adjust {
             container_id: cid,
             shared_dir: &self.cfg.shared_dir,
             sandbox_dir: &self.cfg.sandbox_dir,
             cgroup_parent: &self.cfg.cgroup_parent,
             hostname: hostname.as_deref(),
+            other_containers: &others,
         })?;
         let bundle = self.cfg.state_dir.join("bundles").join(cid);
         let cleanup_bundle = |b: &Path| {
@@ -381,6 +402,7 @@ impl Agent {
             init_exec_id: exec_id.to_string(),
             processes: std::sync::Mutex::new(HashMap::from([(exec_id.to_string(), Arc::new(init))])),
             guest_rootfs: std::sync::Mutex::new(None),
+            dir: crate::mounts::real(&self.cfg.shared_dir).join(cid),
         });
         self.watch_oom(&container);
         Ok(container)
@@ -431,6 +453,9 @@ impl Agent {
         }
     }
 
+    /// Destroys the container's processes and runner and frees its rootfs. Whatever
+    /// fails, nothing stays mounted below `<shared>/<id>` (a rootfs still busy is
+    /// detached), and the first error is returned.
     async fn teardown(c: &Container) -> Result<(), AgentError> {
         let r = c.runner.destroy().await;
         if let Ok(mut p) = c.processes.lock() {
@@ -439,8 +464,12 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&c.bundle);
         let rootfs = c.guest_rootfs.lock().ok().and_then(|mut g| g.take());
         let released = rootfs.map_or(Ok(()), crate::image_pull::GuestRootfs::release);
+        if let Err(e) = &released {
+            tracing::warn!("container {}: {}; detaching what is left", c.id, crate::error::chain(e));
+        }
+        let swept = crate::mounts::unmount_below(std::slice::from_ref(&c.dir));
         r?;
-        released
+        released.and(swept)
     }
 
     /// ExecProcess: starts another process in a running container.
@@ -668,6 +697,7 @@ impl Agent {
     /// CopyFile: writes a file below the shared directory.
     pub async fn copy_file(&self, req: pb::CopyFileRequest) -> Result<Empty, AgentError> {
         let root = self.cfg.shared_dir.clone();
+        let _tree = self.tree.write().await;
         tokio::task::spawn_blocking(move || {
             copy_file(&root, &CopyFileArgs {
                 path: &req.path,

@@ -3,6 +3,22 @@
 //! is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` below the shared
 //! root: `..`, absolute escapes and symlinks (including ones planted by an earlier
 //! request) can never take a write outside it.
+//!
+//! What it may create is limited, whatever the policy allows (Kata's runtime sends
+//! `file_mode` as the host file's `st_mode`: regular files, directories, and the
+//! symlinks of a config map's `..data` layout):
+//! - only regular files, directories and symlinks: device nodes, fifos and sockets are
+//!   refused;
+//! - no setuid, setgid or sticky bit on a file or symlink (Kubernetes' `defaultMode`/
+//!   `mode` cannot set them); a directory may carry setgid and sticky, which grant no
+//!   privilege (the kubelet sets setgid on volume directories for `fsGroup`), not setuid;
+//!   `dir_mode` for created parents keeps its permission bits only;
+//! - a symlink's target, absolute or relative (resolved lexically from the link's
+//!   directory), must stay below the shared root: `..data -> ..2024_01_01_00_00_00.1`
+//!   and `key -> ..data/key` work, `x -> /` or `x -> ../../..` do not.
+//!
+//! `uid`/`gid` are applied as sent (non-negative): files only become readable by the
+//! containers that bind them, and ownership is what Kubernetes' `fsGroup` asks for.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -79,12 +95,81 @@ pub enum CopyFileError {
     },
 }
 
-const FILE_PERM_MASK: u32 = 0o7777;
+const FILE_PERM_MASK: u32 = 0o777;
 const DIR_PERM_MASK: u32 = 0o777;
+/// setuid, setgid, sticky.
+const SPECIAL_BITS: u32 = 0o7000;
+/// What a directory may carry besides its permissions: setgid, sticky.
+const DIR_SPECIAL_BITS: u32 = 0o3000;
+
+/// The file type and permissions of a request, checked: refused unless a regular file
+/// (or no type bits, as a regular file), a directory or a symlink, and refused with a
+/// setuid, setgid or sticky bit (a directory may have setgid and sticky).
+pub fn check_mode(path: &str, file_mode: u32) -> Result<(SFlag, Mode), CopyFileError> {
+    let bad = |why: String| CopyFileError::BadRequest { path: path.to_string(), why };
+    let kind = SFlag::from_bits_truncate(file_mode) & SFlag::S_IFMT;
+    let known = kind.is_empty() || kind == SFlag::S_IFREG || kind == SFlag::S_IFDIR || kind == SFlag::S_IFLNK;
+    if !known || file_mode & !(SFlag::S_IFMT.bits() | FILE_PERM_MASK | SPECIAL_BITS) != 0 {
+        return Err(bad(format!(
+            "file_mode {file_mode:#o}: only regular files, directories and symlinks may be copied"
+        )));
+    }
+    let allowed_special = if kind == SFlag::S_IFDIR { DIR_SPECIAL_BITS } else { 0 };
+    if file_mode & SPECIAL_BITS & !allowed_special != 0 {
+        return Err(bad(format!(
+            "file_mode {file_mode:#o}: setuid, setgid and sticky bits are refused (a directory may have setgid and sticky)"
+        )));
+    }
+    Ok((kind, Mode::from_bits_truncate(file_mode & (FILE_PERM_MASK | allowed_special))))
+}
+
+/// Checks that a symlink at `link_dir` (relative to the shared root) pointing at
+/// `target` resolves, lexically, to a path below the root (`root` names the root for an
+/// absolute target).
+pub fn check_symlink_target(root: &Path, path: &str, link_dir: &Path, target: &[u8]) -> Result<(), CopyFileError> {
+    let bad = |why: &str| CopyFileError::BadRequest {
+        path: path.to_string(),
+        why: format!("symlink target {:?} {why}", String::from_utf8_lossy(target)),
+    };
+    if target.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if target.contains(&0) || target.len() > MAX_PATH {
+        return Err(bad("contains a NUL byte or is longer than 4096 bytes"));
+    }
+    let t = Path::new(OsStr::from_bytes(target));
+    let (mut depth, rest): (Vec<&OsStr>, &Path) = if t.is_absolute() {
+        match t.strip_prefix(root) {
+            Ok(r) => (Vec::new(), r),
+            Err(_) => return Err(bad("leaves the shared directory")),
+        }
+    } else {
+        (link_dir.iter().collect(), t)
+    };
+    for seg in rest.as_os_str().as_bytes().split(|b| *b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                if depth.pop().is_none() {
+                    return Err(bad("leaves the shared directory"));
+                }
+            }
+            s => depth.push(OsStr::from_bytes(s)),
+        }
+    }
+    if depth.is_empty() {
+        return Err(bad("names the shared directory itself"));
+    }
+    Ok(())
+}
 
 /// Performs one `CopyFile` request below `root` (created if missing).
 pub fn copy_file(root: &Path, args: &CopyFileArgs<'_>) -> Result<(), CopyFileError> {
     let rel = relative_below(root, args.path)?;
+    let (kind, perms) = check_mode(args.path, args.file_mode)?;
+    if kind == SFlag::S_IFLNK {
+        check_symlink_target(root, args.path, rel.parent().unwrap_or(Path::new("")), args.data)?;
+    }
     let io = |op: &'static str| {
         let path = args.path.to_string();
         move |source: Errno| CopyFileError::Io { path, op, source }
@@ -136,8 +221,6 @@ pub fn copy_file(root: &Path, args: &CopyFileArgs<'_>) -> Result<(), CopyFileErr
         }
     }
 
-    let kind = SFlag::from_bits_truncate(args.file_mode) & SFlag::S_IFMT;
-    let perms = Mode::from_bits_truncate(args.file_mode & FILE_PERM_MASK);
     if kind == SFlag::S_IFDIR {
         match mkdirat(Some(dir.as_raw_fd()), *name, Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(Errno::EEXIST) => {}
@@ -165,17 +248,11 @@ pub fn copy_file(root: &Path, args: &CopyFileArgs<'_>) -> Result<(), CopyFileErr
         }
     }
     if kind == SFlag::S_IFLNK {
-        if args.data.is_empty() {
-            return Err(bad("empty symlink target".into()));
-        }
         nix::unistd::symlinkat(OsStr::from_bytes(args.data), Some(dir.as_raw_fd()), *name)
             .map_err(io("create the symlink"))?;
         fchownat(Some(dir.as_raw_fd()), *name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(io("chown the symlink"))?;
         return Ok(());
-    }
-    if kind != SFlag::S_IFREG && !kind.is_empty() {
-        return Err(bad(format!("unsupported file type {:o}", kind.bits())));
     }
     let f = open_beneath(
         Some(&dir),
@@ -320,6 +397,69 @@ mod tests {
         copy_file(&root, &args(&leaf, b"x")).unwrap();
         assert!(!outside.join("victim").exists());
         assert!(std::fs::symlink_metadata(root.join("leaf")).unwrap().is_file());
+    }
+
+    /// Device nodes, fifos, sockets and setuid/setgid/sticky modes used to be created
+    /// (or written as a regular file with the bits set); now refused, with nothing made.
+    #[test]
+    fn refuses_special_files_and_modes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let path = format!("{}/f", root.display());
+        for mode in [0o104755, 0o102755, 0o101644, 0o020666, 0o060660, 0o010644, 0o140755, 0o104000, 0o1_000_644] {
+            let mut a = args(&path, b"x");
+            a.file_mode = mode;
+            let e = copy_file(&root, &a).unwrap_err();
+            assert!(matches!(e, CopyFileError::BadRequest { .. }), "{mode:o}: {e}");
+            assert!(e.to_string().contains("file_mode"), "{mode:o}: {e}");
+            assert!(std::fs::symlink_metadata(root.join("f")).is_err(), "{mode:o} created something");
+        }
+        // A setuid directory is refused; setgid and sticky (fsGroup volumes) are kept.
+        let d = format!("{}/d", root.display());
+        let mut a = args(&d, b"");
+        a.file_mode = 0o044755;
+        assert!(copy_file(&root, &a).is_err());
+        assert!(!root.join("d").exists());
+        a.file_mode = 0o043775;
+        copy_file(&root, &a).unwrap();
+        assert_eq!(std::fs::metadata(root.join("d")).unwrap().mode() & 0o7777, 0o3775);
+        // Plain modes pass.
+        for mode in [0o100644, 0o644, 0o100400] {
+            let mut a = args(&path, b"x");
+            a.file_mode = mode;
+            copy_file(&root, &a).unwrap();
+        }
+    }
+
+    /// Kata's config map layout (relative links inside the volume) keeps working; a link
+    /// out of the shared directory is refused, which used to be created.
+    #[test]
+    fn symlink_targets_stay_below_the_shared_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("shared");
+        let vol = format!("{}/c1-0123456789abcdef-config", root.display());
+        let link = |name: &str, target: &str| {
+            let p = format!("{vol}/{name}");
+            let mut a = args(&p, target.as_bytes());
+            a.file_mode = 0o120777;
+            copy_file(&root, &a).map(|()| p)
+        };
+        let dp = format!("{vol}/..2024_01_01_00_00_00.123");
+        let mut d = args(&dp, b"");
+        d.file_mode = 0o040755;
+        copy_file(&root, &d).unwrap();
+        link("..data", "..2024_01_01_00_00_00.123").unwrap();
+        link("key", "..data/key").unwrap();
+        link("abs", &format!("{}/other/file", root.display())).unwrap();
+        link("up", "../c1-0123456789abcdef-hosts").unwrap();
+        assert_eq!(std::fs::read_link(root.join("c1-0123456789abcdef-config/key")).unwrap(), Path::new("..data/key"));
+        for bad in ["/", "/etc/shadow", "../..", "../../x", "a/../../../x", "..", "./..//../state"] {
+            let e = link("evil", bad).unwrap_err();
+            assert!(e.to_string().contains("symlink target"), "{bad}: {e}");
+            assert!(std::fs::symlink_metadata(root.join("c1-0123456789abcdef-config/evil")).is_err(), "{bad}");
+        }
+        let outside = format!("{}x/y", root.display());
+        assert!(link("evil", &outside).is_err());
     }
 
     #[test]

@@ -33,6 +33,18 @@ pub enum AgentError {
         /// What is wrong with it.
         why: String,
     },
+    /// An entry of the OCI spec's `mounts` is not allowed.
+    #[error("invalid OCI.Mounts[{index}].{field} {value:?}: {why}")]
+    InvalidMount {
+        /// Its index in `OCI.Mounts`.
+        index: usize,
+        /// `source` or `type`.
+        field: &'static str,
+        /// The value as sent.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The request is valid but the object is in the wrong state for it.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -88,7 +100,7 @@ impl AgentError {
         match self {
             Self::NotFound { .. } => Code::NOT_FOUND,
             Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
-            Self::InvalidArgument { .. } | Self::Spec(_) => Code::INVALID_ARGUMENT,
+            Self::InvalidArgument { .. } | Self::InvalidMount { .. } | Self::Spec(_) => Code::INVALID_ARGUMENT,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Self::Denied(_) => Code::PERMISSION_DENIED,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,

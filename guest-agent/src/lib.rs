@@ -11,13 +11,16 @@
 //! - [`runner`]: the single-threaded per-container helper process that owns youki's
 //!   `libcontainer` calls and the waits of the container's processes;
 //! - [`policy_gate`]: the Rego agent API policy as a gate check;
+//! - [`no_tee`]: a `release-tee` agent without a TEE serves nothing but health checks;
 //! - [`tee`]: which TEE the VM runs in (SEV-SNP, TDX, the simulated one) and its attester;
 //! - [`initdata`]: the initdata disk and its binding to the TEE;
 //! - [`attestation`], [`attest_gate`]: `aa.toml`, the attest-before-run check;
 //! - [`api_server`]: the workload endpoint on `127.0.0.1:8006` (CoCo's paths);
 //! - [`spec`]: what the agent enforces on a host-supplied OCI spec;
 //! - [`copy_file`]: `CopyFile` confined to the shared directory;
+//! - [`dns`]: CreateSandbox's `dns` lines, checked before they become resolv.conf;
 //! - [`sandbox_storage`]: CreateSandbox's `ephemeral` tmpfs (the pod's shared /dev/shm);
+//! - [`mounts`]: the sweep that leaves no agent mount behind a failed teardown;
 //! - [`init`]: PID 1 duties (kernel filesystems, modules, reaping orphans).
 //!
 //! # Example: serve on a unix socket
@@ -42,14 +45,17 @@ pub mod api_server;
 pub mod attest_gate;
 pub mod attestation;
 pub mod copy_file;
+pub mod dns;
 mod endpoints;
 pub mod error;
 pub mod gate;
 pub mod image_pull;
 pub mod init;
 pub mod initdata;
+pub mod mounts;
 pub mod policy_gate;
 pub mod net;
+pub mod no_tee;
 pub mod runner;
 pub mod sandbox_storage;
 pub mod server;

@@ -139,6 +139,11 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
     if init_mode {
         guest_agent::initdata::bind(initdata.as_ref(), tee.as_ref()).context("initdata")?;
     }
+    // A release-tee agent without a TEE runs nothing (see `no_tee`); fixed at build time.
+    let no_tee = guest_agent::no_tee::NoTee::required(cfg!(feature = "release-tee"), tee.is_some());
+    if no_tee.is_some() {
+        tracing::warn!("{}", guest_agent::no_tee::REASON);
+    }
     let attestation = guest_agent::attestation::PodAttestation::new(tee, initdata.as_ref()).context("initdata aa.toml")?;
     let image_cfg = image_pull_config(&args, initdata.as_ref(), &attestation, init_mode)?;
     let listen = match (args.listen.clone(), init_mode) {
@@ -164,7 +169,9 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
         None => match initdata.as_ref().and_then(|d| d.init.policy()) {
             Some(rego) => rego.to_string(),
             // No initdata policy: `default-tee` in a TEE (no workload can run),
-            // allow-all without one (development).
+            // allow-all without one (development). A release-tee build never falls back
+            // to allow-all (without a TEE its gate refuses everything anyway).
+            None if cfg!(feature = "release-tee") => policy::builtin::DEFAULT_TEE.to_string(),
             None => {
                 let p = attestation.default_policy();
                 if p == policy::builtin::DEFAULT_TEE {
@@ -183,7 +190,11 @@ fn run(init_mode: bool) -> anyhow::Result<()> {
         let policy = Arc::new(guest_agent::policy_gate::PolicyCheck::new(&policy_src).context("load the agent policy")?);
         let agent = Arc::new(Agent::new(cfg).with_policy(Arc::clone(&policy)).with_image_pull(image_cfg));
         // Both must pass: the policy first, then (for CreateContainer/ExecProcess) attestation.
-        let mut gate = Gate::allow_all().with_check(policy);
+        let mut gate = Gate::allow_all();
+        if let Some(n) = no_tee {
+            gate = gate.with_check(Arc::new(n));
+        }
+        gate = gate.with_check(policy);
         if let Some(attest) = attestation.check() {
             gate = gate.with_check(attest);
         }

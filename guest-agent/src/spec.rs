@@ -1,15 +1,29 @@
 //! What the agent changes in, and checks of, a container spec sent by the host.
 //!
 //! The host is untrusted and its paths mean nothing inside the guest, so:
-//! - the rootfs must resolve to a directory below the shared directory;
+//! - the rootfs must resolve to a directory below the shared directory, without
+//!   following a symlink in any component (`openat2` with `RESOLVE_BENEATH |
+//!   RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` from the shared directory);
+//! - every bind mount source is resolved the same way below one of its allowed roots
+//!   (the shared directory, the sandbox directory) and must be a directory or a regular
+//!   file; it may not be a root itself nor lie in another container's directory
+//!   `<shared>/<other container id>`. Non-bind mounts may only be the kernel's virtual
+//!   file systems ([`VIRTUAL_FS`]) and their source is a label, never a path. See
+//!   [`check_mounts`] for the race that remains;
 //! - namespace paths are dropped; containers get new mount, pid, ipc and uts
 //!   namespaces and share the VM's network namespace (the pod network);
 //! - the cgroup path is chosen by the agent (`<cgroup_parent>/<container id>`);
 //! - OCI hooks are dropped: they would run host-chosen binaries as root in the guest.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{LinuxBuilder, LinuxNamespace, LinuxNamespaceType, Process, Spec};
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
+use oci_spec::runtime::{LinuxBuilder, LinuxNamespace, LinuxNamespaceType, Mount, Process, Spec};
 
 use crate::error::AgentError;
 
@@ -27,6 +41,9 @@ pub struct Adjust<'a> {
     pub cgroup_parent: &'a str,
     /// The sandbox hostname, used when the spec sets none.
     pub hostname: Option<&'a str>,
+    /// Ids of the sandbox's other containers: their `<shared>/<id>` directories (rootfs
+    /// and all) are never a bind mount source of this one.
+    pub other_containers: &'a [String],
 }
 
 /// Resolves the rootfs and rewrites namespaces, cgroups path and hooks (see module docs).
@@ -37,6 +54,7 @@ pub fn adjust(spec: &mut Spec, a: &Adjust<'_>) -> Result<(), AgentError> {
     }
 
     redirect_sandbox_mounts(spec, a.sandbox_dir);
+    check_mounts(spec, a)?;
 
     let process = spec.process_mut().as_mut().ok_or_else(|| AgentError::invalid("OCI.Process", "missing"))?;
     check_process(process)?;
@@ -111,28 +129,169 @@ pub fn ensure_path(process: &mut Process) {
 fn resolve_rootfs(spec: &Spec, a: &Adjust<'_>) -> Result<PathBuf, AgentError> {
     let root = spec.root().as_ref().ok_or_else(|| AgentError::invalid("OCI.Root", "missing"))?;
     let given = root.path();
-    let candidate = if given.is_absolute() {
-        given.clone()
+    let bad = |why: String| AgentError::invalid("OCI.Root.Path", format!("{}: {why}", given.display()));
+    let shared = Root::open(a.shared_dir)?;
+    let rel = if given.is_absolute() {
+        shared.relative(given).ok_or_else(|| bad(format!("not below the shared directory {}", shared.real.display())))?
     } else {
-        a.shared_dir.join(a.container_id).join(given)
+        lexical_relative(given).map(|r| Path::new(a.container_id).join(r))
+            .ok_or_else(|| bad("contains '..' or '.'".into()))?
     };
-    let shared = a
-        .shared_dir
-        .canonicalize()
-        .map_err(AgentError::io(format!("resolve shared directory {}", a.shared_dir.display())))?;
-    let real = candidate.canonicalize().map_err(|e| {
-        AgentError::invalid("OCI.Root.Path", format!("{}: {e}", candidate.display()))
-    })?;
-    if !real.starts_with(&shared) || real == shared {
-        return Err(AgentError::invalid(
-            "OCI.Root.Path",
-            format!("{} resolves outside the shared directory {}", given.display(), shared.display()),
-        ));
+    if rel.as_os_str().is_empty() {
+        return Err(bad("names the shared directory itself".into()));
     }
-    if !real.is_dir() {
-        return Err(AgentError::invalid("OCI.Root.Path", format!("{} is not a directory", real.display())));
+    let (fd, real) = shared.resolve(&rel).map_err(|e| bad(resolve_error(e)))?;
+    let st = fstat(fd.as_raw_fd()).map_err(|e| bad(format!("stat: {e}")))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+        return Err(bad("is not a directory".into()));
     }
     Ok(real)
+}
+
+/// File systems a non-bind mount may have: the kernel's virtual ones, whose source is a
+/// label. Anything else (a disk, virtiofs, overlay, ...) would give a container the
+/// guest's storage.
+pub const VIRTUAL_FS: &[&str] = &["proc", "tmpfs", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2"];
+
+/// Whether the container runtime (youki's `is_bind`) treats `m` as a bind mount.
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options().as_ref().is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
+/// Checks every mount and rewrites each bind source to the path it resolved to (see
+/// module docs).
+///
+/// Remaining race: the container runtime (youki 0.7) canonicalises a bind source and
+/// opens it by path again when it mounts, so it cannot be handed an `O_PATH` descriptor
+/// (`/proc/self/fd/N` would be read back into a path). Between this check and the mount
+/// a writer of the tree could swap the last component for a symlink. The agent's own
+/// writer, CopyFile, is excluded for that window (the agent holds its tree lock from
+/// here until the container is created); a container that can write into a shared
+/// volume or the pod's shm can still race another container's create.
+pub fn check_mounts(spec: &mut Spec, a: &Adjust<'_>) -> Result<(), AgentError> {
+    let Some(mut mounts) = spec.mounts().clone() else { return Ok(()) };
+    let shared = Root::open(a.shared_dir)?;
+    let mut sandbox: Option<Root> = None;
+    for (index, m) in mounts.iter_mut().enumerate() {
+        let source = m.source().clone().unwrap_or_default();
+        let err = |why: String| AgentError::InvalidMount { index, field: "source", value: source.display().to_string(), why };
+        if !is_bind(m) {
+            let typ = m.typ().clone().unwrap_or_default();
+            if !VIRTUAL_FS.contains(&typ.as_str()) {
+                return Err(AgentError::InvalidMount {
+                    index,
+                    field: "type",
+                    value: typ,
+                    why: format!("only bind mounts and the virtual file systems {VIRTUAL_FS:?} are allowed"),
+                });
+            }
+            if source.as_os_str().as_bytes().contains(&b'/') {
+                return Err(err(format!("a {typ} mount's source is a label, not a path")));
+            }
+            continue;
+        }
+        let (root, rel) = if let Some(rel) = shared.relative(&source) {
+            (&shared, rel)
+        } else {
+            if sandbox.is_none() && source.starts_with(a.sandbox_dir) {
+                sandbox = Some(Root::open(a.sandbox_dir).map_err(|_| err("the sandbox directory does not exist".into()))?);
+            }
+            match sandbox.as_ref().and_then(|r| r.relative(&source).map(|rel| (r, rel))) {
+                Some(found) => found,
+                None => {
+                    return Err(err(format!(
+                        "a bind mount source must lie below the shared directory {} or the sandbox directory {}",
+                        a.shared_dir.display(),
+                        crate::sandbox_storage::SANDBOX_DIR
+                    )))
+                }
+            }
+        };
+        if rel.as_os_str().is_empty() {
+            return Err(err("names a whole root directory".into()));
+        }
+        if std::ptr::eq(root, &shared) {
+            if let Some(Component::Normal(first)) = rel.components().next() {
+                if a.other_containers.iter().any(|c| OsStr::new(c) == first) {
+                    return Err(err(format!("lies in the directory of another container ({})", first.to_string_lossy())));
+                }
+            }
+        }
+        let (fd, real) = root.resolve(&rel).map_err(|e| err(resolve_error(e)))?;
+        let st = fstat(fd.as_raw_fd()).map_err(|e| err(format!("stat: {e}")))?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFLNK {
+            // O_PATH | O_NOFOLLOW opens a last-component symlink itself.
+            return Err(err(resolve_error(Errno::ELOOP)));
+        }
+        if kind != SFlag::S_IFDIR && kind != SFlag::S_IFREG {
+            return Err(err(format!("is not a directory or a regular file (type {:o})", kind.bits())));
+        }
+        m.set_source(Some(real));
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// A trusted directory (configured by the agent) below which host-named paths resolve.
+struct Root {
+    /// As configured.
+    given: PathBuf,
+    /// Canonical (the configured path may itself contain symlinks, e.g. /tmp).
+    real: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Root {
+    fn open(dir: &Path) -> Result<Root, AgentError> {
+        let real = dir.canonicalize().map_err(AgentError::io(format!("resolve {}", dir.display())))?;
+        let fd = open_how(None, real.as_os_str(), OFlag::O_DIRECTORY, ResolveFlag::RESOLVE_NO_MAGICLINKS)
+            .map_err(|e| AgentError::io(format!("open {}", real.display()))(e.into()))?;
+        Ok(Root { given: dir.to_path_buf(), real, fd })
+    }
+
+    /// `path` relative to this root, when it is lexically below it (as configured or
+    /// canonical) and has no `.`/`..` segment.
+    fn relative(&self, path: &Path) -> Option<PathBuf> {
+        let rel = path.strip_prefix(&self.given).or_else(|_| path.strip_prefix(&self.real)).ok()?;
+        lexical_relative(rel)
+    }
+
+    /// Opens `rel` (`O_PATH`) without leaving the root or following any symlink.
+    fn resolve(&self, rel: &Path) -> Result<(OwnedFd, PathBuf), Errno> {
+        let resolve =
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        let fd = open_how(Some(&self.fd), rel.as_os_str(), OFlag::O_NOFOLLOW, resolve)?;
+        Ok((fd, self.real.join(rel)))
+    }
+}
+
+/// `p` (relative) if none of its raw segments is `.` or `..` (`Path::components` would
+/// fold `.` away) and it has no NUL byte.
+fn lexical_relative(p: &Path) -> Option<PathBuf> {
+    let b = p.as_os_str().as_bytes();
+    if b.contains(&0) || p.is_absolute() || b.split(|c| *c == b'/').any(|s| s == b"." || s == b"..") {
+        return None;
+    }
+    Some(p.to_path_buf())
+}
+
+fn resolve_error(e: Errno) -> String {
+    match e {
+        Errno::ELOOP => "a component is a symlink (not followed)".into(),
+        Errno::EXDEV => "escapes its root".into(),
+        Errno::ENOENT => "does not exist".into(),
+        Errno::ENOTDIR => "a component is not a directory".into(),
+        e => format!("cannot be opened: {e}"),
+    }
+}
+
+fn open_how(dir: Option<&OwnedFd>, name: &OsStr, flags: OFlag, resolve: ResolveFlag) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new().flags(flags | OFlag::O_PATH | OFlag::O_CLOEXEC).mode(Mode::empty()).resolve(resolve);
+    let fd = openat2(dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd()), name, how)?;
+    // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Checks a process description before it is run.
@@ -173,7 +332,7 @@ mod tests {
         std::fs::create_dir_all(shared.join("c1/rootfs")).unwrap();
         std::fs::create_dir_all(t.path().join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(t.path().join("elsewhere"), shared.join("c1/link")).unwrap();
-        let a = Adjust { container_id: "c1", shared_dir: &shared, sandbox_dir: Path::new("/run/kata-containers/sandbox"), cgroup_parent: "/kata-cc", hostname: Some("pod") };
+        let a = Adjust { container_id: "c1", shared_dir: &shared, sandbox_dir: Path::new("/run/kata-containers/sandbox"), cgroup_parent: "/kata-cc", hostname: Some("pod"), other_containers: &[] };
 
         let mut s = spec_with_root("rootfs");
         adjust(&mut s, &a).unwrap();
@@ -184,11 +343,118 @@ mod tests {
         assert!(!ns.contains(&LinuxNamespaceType::Network));
         assert!(ns.contains(&LinuxNamespaceType::Mount) && ns.contains(&LinuxNamespaceType::Pid));
 
-        for bad in ["/etc", "../../elsewhere", "link", "missing"] {
+        // A symlink in a middle component (canonicalize() used to follow it) and a
+        // symlink as the last one, both pointing back inside.
+        std::os::unix::fs::symlink(shared.join("c1"), shared.join("c1/self")).unwrap();
+        std::os::unix::fs::symlink(shared.join("c1/rootfs"), shared.join("c1/rootlink")).unwrap();
+        std::fs::write(shared.join("c1/file"), b"").unwrap();
+        for bad in ["/etc", "../../elsewhere", "link", "missing", "self/rootfs", "rootlink", "file", "./rootfs"] {
             let mut s = spec_with_root(bad);
             let e = adjust(&mut s, &a).unwrap_err();
             assert!(e.to_string().contains("OCI.Root.Path"), "{bad}: {e}");
         }
+    }
+
+    fn bind(source: &Path) -> Mount {
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source(source)
+            .options(vec!["rbind".to_string()])
+            .build()
+            .unwrap()
+    }
+
+    /// Adjusts a spec whose rootfs is `<shared>/c1/rootfs` with `extra` mounts added to
+    /// the default ones; returns the adjusted mounts or the error text.
+    fn with_mounts(shared: &Path, sandbox: &Path, extra: Vec<Mount>) -> Result<Vec<Mount>, String> {
+        let others = ["c2".to_string()];
+        let a = Adjust { container_id: "c1", shared_dir: shared, sandbox_dir: sandbox, cgroup_parent: "/kata-cc", hostname: None, other_containers: &others };
+        let mut s = spec_with_root("rootfs");
+        let mut mounts = s.mounts().clone().unwrap();
+        mounts.extend(extra);
+        s.set_mounts(Some(mounts));
+        adjust(&mut s, &a).map(|()| s.mounts().clone().unwrap()).map_err(|e| e.to_string())
+    }
+
+    /// What CopyFile could plant below the shared directory (symlinks to `/`, to the
+    /// agent's state, to another container; device nodes; fifos) is never a bind source.
+    #[test]
+    fn bind_sources_resolve_below_their_root_without_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("shared");
+        let sandbox = t.path().join("state/sandbox");
+        std::fs::create_dir_all(shared.join("c1/rootfs")).unwrap();
+        std::fs::create_dir_all(shared.join("c2/rootfs")).unwrap();
+        std::fs::create_dir_all(sandbox.join("shm")).unwrap();
+        std::fs::create_dir_all(shared.join("cm/..2024_01_01")).unwrap();
+        std::fs::write(shared.join("c1-0123456789abcdef-hosts"), b"127.0.0.1 localhost\n").unwrap();
+        std::os::unix::fs::symlink("/", shared.join("root")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("state"), shared.join("state")).unwrap();
+        std::os::unix::fs::symlink("..2024_01_01", shared.join("cm/..data")).unwrap();
+        std::os::unix::fs::symlink("../c2/rootfs", shared.join("cm/other")).unwrap();
+        nix::unistd::mkfifo(&shared.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        nix::sys::stat::mknod(&shared.join("null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), nix::sys::stat::makedev(1, 3)).unwrap();
+
+        // Allowed: a copied file, a directory, the pod shm (guest path, redirected).
+        let ok = with_mounts(&shared, &sandbox, vec![
+            bind(&shared.join("c1-0123456789abcdef-hosts")),
+            bind(&shared.join("cm/..2024_01_01")),
+            bind(Path::new("/run/kata-containers/sandbox/shm")),
+        ])
+        .unwrap();
+        let real = shared.canonicalize().unwrap();
+        let n = ok.len();
+        assert_eq!(ok[n - 3].source().as_deref(), Some(real.join("c1-0123456789abcdef-hosts").as_path()));
+        assert_eq!(ok[n - 2].source().as_deref(), Some(real.join("cm/..2024_01_01").as_path()));
+        assert_eq!(ok[n - 1].source().as_deref(), Some(sandbox.canonicalize().unwrap().join("shm").as_path()));
+
+        let bad: Vec<(PathBuf, &str)> = vec![
+            (PathBuf::from("/"), "below the shared directory"),
+            (PathBuf::from("/dev"), "below the shared directory"),
+            (PathBuf::from("/proc"), "below the shared directory"),
+            (t.path().join("state"), "below the shared directory"),
+            (shared.clone(), "whole root"),
+            (sandbox.clone(), "whole root"),
+            (shared.join("root"), "symlink"),
+            (shared.join("root/etc"), "symlink"),
+            (shared.join("state/runners"), "symlink"),
+            (shared.join("cm/..data"), "symlink"),
+            (shared.join("cm/other"), "symlink"),
+            (shared.join("c1/../root"), "below the shared directory"),
+            (shared.join("c2/rootfs"), "another container"),
+            (shared.join("fifo"), "not a directory or a regular file"),
+            (shared.join("null"), "not a directory or a regular file"),
+            (shared.join("missing"), "does not exist"),
+            (sandbox.join("../runners"), "below the shared directory"),
+        ];
+        for (i, (src, why)) in bad.iter().enumerate() {
+            let e = with_mounts(&shared, &sandbox, vec![bind(src)]).unwrap_err();
+            assert!(e.contains("OCI.Mounts[") && e.contains("].source") && e.contains(why), "case {i} {}: {e}", src.display());
+            assert!(e.contains(&format!("{:?}", src.display().to_string())), "case {i}: {e}");
+        }
+        // A bind mount is also one that only says so in its options.
+        let mut m = bind(Path::new("/"));
+        m.set_typ(Some("none".into()));
+        assert!(with_mounts(&shared, &sandbox, vec![m]).unwrap_err().contains("OCI.Mounts["));
+    }
+
+    #[test]
+    fn non_bind_mounts_are_virtual_file_systems_with_a_label_source() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("shared");
+        std::fs::create_dir_all(shared.join("c1/rootfs")).unwrap();
+        let sandbox = t.path().join("sandbox");
+        // The default mounts (proc, tmpfs, devpts, mqueue, sysfs, cgroup) pass unchanged.
+        let defaults = spec_with_root("rootfs").mounts().clone().unwrap();
+        assert_eq!(with_mounts(&shared, &sandbox, vec![]).unwrap(), defaults);
+        let m = |typ: &str, src: &str| {
+            oci_spec::runtime::MountBuilder::default().destination("/x").typ(typ).source(src).build().unwrap()
+        };
+        let e = with_mounts(&shared, &sandbox, vec![m("ext4", "/dev/vda1")]).unwrap_err();
+        assert!(e.contains(".type \"ext4\""), "{e}");
+        let e = with_mounts(&shared, &sandbox, vec![m("tmpfs", "/etc")]).unwrap_err();
+        assert!(e.contains(".source \"/etc\""), "{e}");
     }
 
     #[test]

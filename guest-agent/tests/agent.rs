@@ -457,19 +457,29 @@ async fn bad_requests_get_clear_errors_and_agent_keeps_serving() {
 #[tokio::test]
 async fn failed_create_leaves_nothing_behind() {
     let t = TestAgent::start().await;
-    let mut spec = t.spec("broken", &["true"]);
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
-    mounts.push(
-        oci_spec::runtime::MountBuilder::default()
-            .destination("/data")
-            .source("/does/not/exist")
-            .typ("bind")
-            .options(vec!["rbind".to_string()])
-            .build()
-            .unwrap(),
-    );
-    spec.set_mounts(Some(mounts));
-    let e = t.create("broken", &spec).await.unwrap_err();
+    let with_bind = |source: &Path, dest: &str| {
+        let mut spec = t.spec("broken", &["true"]);
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination(dest)
+                .source(source)
+                .typ("bind")
+                .options(vec!["rbind".to_string()])
+                .build()
+                .unwrap(),
+        );
+        spec.set_mounts(Some(mounts));
+        spec
+    };
+    // Refused by the agent (a source outside its roots) ...
+    let e = t.create("broken", &with_bind(Path::new("/does/not/exist"), "/data")).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+    assert!(message(&e).contains("OCI.Mounts[") && message(&e).contains("/does/not/exist"), "{}", message(&e));
+    // ... and failing in the runner (a file bound onto a directory).
+    let file = t.shared().join("broken-0123456789abcdef-hosts");
+    std::fs::write(&file, b"").unwrap();
+    let e = t.create("broken", &with_bind(&file, "/bin")).await.unwrap_err();
     assert!(message(&e).contains("broken"), "{}", message(&e));
     assert!(t.cgroup_dirs("broken").is_empty(), "{:?}", t.cgroup_dirs("broken"));
     assert!(t.mounts_under("broken").is_empty());
@@ -684,4 +694,56 @@ async fn policy_gates_every_request_redacts_logs_and_set_policy_replaces_it() {
     let e = t.client.agent().set_policy(t.client.context(), &sp).await.unwrap_err();
     assert_eq!(code(&e), ttrpc::Code::PERMISSION_DENIED);
     t.client.check().await.unwrap();
+}
+
+/// What the host names is confined: CopyFile cannot plant a symlink out of the shared
+/// directory, a bind mount of `/` (or of a planted symlink) is refused naming the
+/// mount, and a DNS line with a second line smuggled in is refused naming it.
+#[tokio::test]
+async fn host_named_paths_are_confined() {
+    let t = TestAgent::start().await;
+    let shared = t.shared().canonicalize().unwrap();
+    let mut r = pb::CopyFileRequest::new();
+    r.path = format!("{}/evil", shared.display());
+    r.file_mode = 0o120777;
+    r.data = b"/".to_vec();
+    let e = t.client.agent().copy_file(t.client.context(), &r).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+    assert!(message(&e).contains("symlink target"), "{}", message(&e));
+    assert!(std::fs::symlink_metadata(shared.join("evil")).is_err());
+    r.file_mode = 0o104755;
+    r.data = b"x".to_vec();
+    r.file_size = 1;
+    let e = t.client.agent().copy_file(t.client.context(), &r).await.unwrap_err();
+    assert!(message(&e).contains("setuid"), "{}", message(&e));
+
+    std::os::unix::fs::symlink("/", shared.join("planted")).unwrap();
+    for source in [PathBuf::from("/"), shared.join("planted"), shared.join("planted/etc")] {
+        let mut spec = t.spec("c", &["true"]);
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/host")
+                .source(&source)
+                .typ("bind")
+                .options(vec!["rbind".to_string()])
+                .build()
+                .unwrap(),
+        );
+        let i = mounts.len() - 1;
+        spec.set_mounts(Some(mounts));
+        let e = t.create("c", &spec).await.unwrap_err();
+        assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+        let want = format!("OCI.Mounts[{i}].source {:?}", source.display().to_string());
+        assert!(message(&e).contains(&want), "{want}: {}", message(&e));
+    }
+
+    let mut s = pb::CreateSandboxRequest::new();
+    s.sandbox_id = "pod".into();
+    s.dns = vec!["nameserver 10.96.0.10".into(), "nameserver 10.0.0.1\nnameserver 6.6.6.6".into()];
+    let e = t.client.agent().create_sandbox(t.client.context(), &s).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT);
+    assert!(message(&e).contains("invalid dns: line 1"), "{}", message(&e));
+    s.dns = vec!["nameserver 10.96.0.10".into(), "search default.svc.cluster.local".into(), "options ndots:5".into()];
+    t.client.agent().create_sandbox(t.client.context(), &s).await.unwrap();
 }

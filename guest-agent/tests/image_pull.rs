@@ -207,3 +207,27 @@ async fn failed_pulls_leave_nothing_behind() {
     assert_eq!(agent.run("ok").await.1, 0);
     agent.remove("ok").await;
 }
+
+/// A rootfs still busy when its container is torn down (here: the test holds a directory
+/// of it open, so a plain unmount fails with EBUSY) used to stay mounted after
+/// DestroySandbox; now it is detached, and no mount below the agent's shared and state
+/// directories remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_sandbox_leaves_no_mount_even_when_a_teardown_fails() {
+    let agent = PullAgent::start(false).await;
+    agent.create("busy", "busybox:latest", &["/bin/busybox", "sleep", "1000"]).await.unwrap();
+    agent.create("idle", "busybox:latest", &["/bin/busybox", "true"]).await.unwrap();
+    assert_eq!(agent.mounts_under("busy").len(), 1);
+    let holder = std::fs::File::open(agent.rootfs("busy").join("bin")).unwrap();
+
+    let r = agent.client.agent().destroy_sandbox(agent.client.context(), &pb::DestroySandboxRequest::new()).await;
+    let root = agent.dir.path().display().to_string();
+    let left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&root))
+        .collect();
+    assert!(left.is_empty(), "mounts left after DestroySandbox ({r:?}): {left:?}");
+    drop(holder);
+}
