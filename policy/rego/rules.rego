@@ -720,4 +720,28 @@ CopyFileRequest if {
 	not endswith(path, "/..")
 	some pattern in policy_data.common.copy_file_regex
 	regex.match(expand(pattern), path)
+	copy_file_mode_ok(get(input, "file_mode", null))
+}
+
+# file_mode is st_mode: the type (S_IFMT 0o170000) none (0, a regular file), a directory
+# (0o040000), a regular file (0o100000) or a symlink (0o120000); no setuid/setgid/sticky
+# on files and symlinks (0o7000); directories may keep setgid and sticky (the kubelet's
+# fsGroup volumes), never setuid (0o4000). The agent refuses the same whatever a policy
+# says; a policy may narrow `copy_file_types` further.
+copy_file_types := {0, 16384, 32768, 40960}
+
+copy_file_mode_ok(mode) if {
+	is_number(mode)
+	mode >= 0
+	mode < 65536
+	bits.and(mode, 61440) in copy_file_types
+	bits.and(mode, 3584) == 0
+}
+
+copy_file_mode_ok(mode) if {
+	is_number(mode)
+	mode >= 0
+	mode < 65536
+	bits.and(mode, 61440) == 16384
+	bits.and(mode, 2048) == 0
 }

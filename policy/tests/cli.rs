@@ -298,7 +298,15 @@ fn web_pod_other_requests() {
     let p = &generate(&["web-pod.yaml"], &images).policies[0];
     let cases: &[(&str, Value, bool)] = &[
         ("SetPolicyRequest", json!({"policy": "package agent_policy\ndefault CreateContainerRequest := true"}), false),
-        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-hosts", cid('b'))}), true),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-hosts", cid('b')), "file_mode": 0o100644}), true),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-x/..data", cid('b')), "file_mode": 0o120777}), true),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-vol", cid('b')), "file_mode": 0o042775}), true),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-hosts", cid('b')), "file_mode": 0o104755}), false),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-hosts", cid('b')), "file_mode": 0o102755}), false),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-vol", cid('b')), "file_mode": 0o044755}), false),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-sda", cid('b')), "file_mode": 0o060660}), false),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-fifo", cid('b')), "file_mode": 0o010644}), false),
+        ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-hosts", cid('b'))}), false),
         ("CopyFileRequest", json!({"path": "/etc/passwd"}), false),
         ("CopyFileRequest", json!({"path": format!("{CPATH}/{}-0123456789abcdef-x/../../../etc", cid('b'))}), false),
         ("ReadStreamRequest", json!({"container_id": cid('b'), "exec_id": "", "len": 1024}), false),
