@@ -649,6 +649,16 @@ async fn hostile_host_is_refused_and_leaves_nothing() {
         *per_rpc.entry(l.1).or_default() += 1;
     }
     println!("cases per RPC: {per_rpc:?}; allowed by design and answered: {controls:?}");
+    for (name, rpc, got, by, verdict) in &report.lines {
+        let tag = match verdict {
+            Verdict::Refused => "refused",
+            Verdict::WronglyAllowed => "WRONGLY ALLOWED",
+            Verdict::RefusedOtherwise(_) => "REFUSED OTHERWISE",
+            Verdict::Panic(_) => "PANIC",
+        };
+        let got: String = got.chars().take(160).collect();
+        println!("{tag:>17} | {rpc} / {name} | expected: refused by the {by} | got {got}");
+    }
     let mut failures = Vec::new();
     for (name, rpc, got, by, verdict) in &report.lines {
         match verdict {
