@@ -605,6 +605,7 @@ async fn hostile_host_is_refused_and_leaves_nothing() {
     for id in [&web, &helper] {
         must(a.send(&Req::StartContainer(start_req(id))).await, "StartContainer");
     }
+    Snapshot::take(&a).assert_sees(&web);
 
     // 4. ExecProcess: the probes run, the deviations do not.
     let probe = |exec: &str| Req::ExecProcess(pod.exec(&web, exec, &["/bin/busybox", "cat", "/etc/shop/mode"]));

@@ -151,8 +151,16 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Container cgroups of a killed agent: best effort, the runner normally removes them.
-        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup{}", self.cgroup_parent));
+        // The agent's cgroup parent (its containers' cgroups are gone with them; a
+        // leftover child is removed too, best effort: a cgroup with processes stays).
+        for dir in cgroup_parents(&self.cgroup_parent) {
+            for child in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if child.path().is_dir() {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 }
 
@@ -496,11 +504,13 @@ impl Snapshot {
             .collect();
         mounts.sort();
         let mut cgroups = BTreeSet::new();
-        walk(Path::new(&format!("/sys/fs/cgroup{}", agent.cgroup_parent)), &BTreeSet::new(), &mut |p, is_dir| {
-            if is_dir {
-                cgroups.insert(p.display().to_string());
-            }
-        }, 3);
+        for dir in cgroup_parents(&agent.cgroup_parent) {
+            walk(&dir, &BTreeSet::new(), &mut |p, is_dir| {
+                if is_dir {
+                    cgroups.insert(p.display().to_string());
+                }
+            }, 3);
+        }
         let mount_set: BTreeSet<String> = mounts.iter().cloned().collect();
         let mut files = BTreeSet::new();
         for d in ["shared", "state"] {
@@ -509,6 +519,15 @@ impl Snapshot {
             }, 12);
         }
         Snapshot { mounts, cgroups, procs: descendants(pid), files }
+    }
+
+    /// Asserts that the snapshot sees running container `id` (its cgroup, its rootfs
+    /// mount, its processes): the leftover check is not blind.
+    pub fn assert_sees(&self, id: &str) {
+        assert!(self.cgroups.iter().any(|c| c.ends_with(id)), "no cgroup of {id} in {:?}", self.cgroups);
+        assert!(self.mounts.iter().any(|m| m.contains(id)), "no mount of {id} in {:?}", self.mounts);
+        assert!(self.files.iter().any(|f| f.contains(id)), "no file of {id}");
+        assert!(self.procs.iter().any(|p| cmdline(*p).contains("sleep")), "no container process in {:?}", self.procs);
     }
 
     /// What appeared since `before` (empty: nothing was left behind).
@@ -528,6 +547,19 @@ impl Snapshot {
         out.extend(self.files.difference(&before.files).map(|f| format!("file {f}")));
         out
     }
+}
+
+/// `parent` in the unified hierarchy and in every v1 hierarchy (existing ones only).
+fn cgroup_parents(parent: &str) -> Vec<PathBuf> {
+    let rel = parent.trim_start_matches('/');
+    let mut out = vec![Path::new("/sys/fs/cgroup").join(rel)];
+    for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        out.push(e.path().join(rel));
+    }
+    out.retain(|p| p.is_dir());
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn walk(dir: &Path, skip: &BTreeSet<String>, f: &mut dyn FnMut(&Path, bool), depth: u32) {
