@@ -50,6 +50,8 @@ fn case(name: impl Into<String>, expect: Expect, req: Req) -> Case {
 struct Report {
     lines: Vec<(String, &'static str, String, &'static str, Verdict)>,
     leftovers: Vec<String>,
+    /// What a wrongly created container left after its RemoveContainer.
+    removed_left: Vec<String>,
     state: Vec<String>,
 }
 
@@ -74,6 +76,11 @@ async fn run(a: &mut Agent, cases: Vec<Case>, report: &mut Report) {
                 let mut r = pb::RemoveContainerRequest::new();
                 r.container_id = v["container_id"].as_str().unwrap_or_default().to_owned();
                 let _ = a.send(&Req::RemoveContainer(r)).await;
+                // RemoveContainer must take everything of it away again.
+                let left = Snapshot::take(a).new_since(&before);
+                if !left.is_empty() {
+                    report.removed_left.push(format!("{}: {left:?}", c.name));
+                }
             }
         } else if !matches!(verdict, Verdict::Panic(_)) {
             let left = Snapshot::take(a).new_since(&before);
@@ -670,6 +677,12 @@ async fn hostile_host_is_refused_and_leaves_nothing() {
         }
     }
     failures.extend(report.leftovers.iter().map(|l| format!("LEFT BEHIND {l}")));
+    if let Some(first) = report.removed_left.first() {
+        failures.push(format!(
+            "LEFT BEHIND by RemoveContainer of {} wrongly created containers, e.g. {first}",
+            report.removed_left.len()
+        ));
+    }
     failures.extend(report.state.iter().map(|l| format!("POLICY STATE MOVED ON {l}")));
     println!(
         "adversarial: {total} cases, {refused} refused as expected, {allowed} wrongly allowed, {other} refused otherwise, {panics} panics, {} left something behind ({:.1} s)",
@@ -677,5 +690,5 @@ async fn hostile_host_is_refused_and_leaves_nothing() {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(per_rpc.len() + controls.len(), 42, "RPCs covered: {per_rpc:?} + {controls:?}");
-    assert!(failures.is_empty(), "{} of {total} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(failures.is_empty(), "{} problems in {total} cases:\n{}", failures.len(), failures.join("\n"));
 }
