@@ -1,6 +1,8 @@
 //! Test helpers: a busybox-static rootfs and OCI bundles around it.
 #![allow(dead_code, clippy::expect_used)]
 
+pub mod wire;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
