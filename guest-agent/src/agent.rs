@@ -155,6 +155,32 @@ pub struct Agent {
     tree: tokio::sync::RwLock<()>,
 }
 
+/// Passfd I/O (host vsock ports for stdio) is not supported; names the port that was set.
+fn check_no_passfd(stdin: u32, stdout: u32, stderr: u32) -> Result<(), AgentError> {
+    for (field, port) in [("stdin_port", stdin), ("stdout_port", stdout), ("stderr_port", stderr)] {
+        if port != 0 {
+            return Err(AgentError::invalid(field, format!("{port}: passfd I/O is not supported; use ReadStdout/WriteStdin")));
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir` and the directories below it that are empty (bottom-up, at most `depth`
+/// levels). Never removes a file, and `rmdir` refuses a mount point (EBUSY), so nothing
+/// that is still mounted is touched.
+fn remove_empty_dirs(dir: &Path, depth: u32) {
+    if depth > 0 {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_empty_dirs(&e.path(), depth - 1);
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// Checks a container or exec id: 1..=128 characters of `[A-Za-z0-9_.-]`, not starting
 /// with `.` or `-` (ids become path components and cgroup names).
 pub fn validate_id(field: &'static str, id: &str) -> Result<(), AgentError> {
@@ -309,9 +335,7 @@ impl Agent {
         if !req.devices.is_empty() {
             return Err(AgentError::invalid("devices", "device hot-plug is not supported yet"));
         }
-        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
-            return Err(AgentError::invalid("stdin_port", "passfd I/O is not supported; use ReadStdout/WriteStdin"));
-        }
+        check_no_passfd(req.stdin_port, req.stdout_port, req.stderr_port)?;
         let grpc_spec = req.OCI.as_ref().ok_or_else(|| AgentError::invalid("OCI", "missing"))?;
         let mut spec = protocols::convert::spec_from_grpc(grpc_spec)?;
 
@@ -341,6 +365,10 @@ impl Agent {
                 }
             },
         };
+        if result.is_err() {
+            // This attempt reserved the id: what it made below <shared>/<id> is its own.
+            remove_empty_dirs(&self.cfg.shared_dir.join(&cid), 8);
+        }
         let mut sb = self.sandbox.lock().await;
         sb.creating.remove(&cid);
         let container = result?;
@@ -468,6 +496,7 @@ impl Agent {
             tracing::warn!("container {}: {}; detaching what is left", c.id, crate::error::chain(e));
         }
         let swept = crate::mounts::unmount_below(std::slice::from_ref(&c.dir));
+        remove_empty_dirs(&c.dir, 8);
         r?;
         released.and(swept)
     }
@@ -475,9 +504,7 @@ impl Agent {
     /// ExecProcess: starts another process in a running container.
     pub async fn exec_process(&self, req: pb::ExecProcessRequest) -> Result<Empty, AgentError> {
         validate_id("exec_id", &req.exec_id)?;
-        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
-            return Err(AgentError::invalid("stdin_port", "passfd I/O is not supported; use ReadStdout/WriteStdin"));
-        }
+        check_no_passfd(req.stdin_port, req.stdout_port, req.stderr_port)?;
         let c = self.container(&req.container_id).await?;
         let grpc = req.process.as_ref().ok_or_else(|| AgentError::invalid("process", "missing"))?;
         let mut process = protocols::convert::process_from_grpc(grpc)?;

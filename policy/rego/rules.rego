@@ -136,6 +136,7 @@ sandbox_errors := flatten_errs([
 	empty_err("guest_hook_path", get(input, "guest_hook_path", null)),
 	empty_err("kernel_modules", get(input, "kernel_modules", null)),
 	eq_err("sandbox_pidns", get(input, "sandbox_pidns", false), false),
+	regex_err("sandbox_id", "^[a-z0-9]{64}$", get(input, "sandbox_id", null)),
 	sandbox_storage_errors,
 	sandbox_once_errors,
 ])
@@ -259,6 +260,7 @@ shape_errors := flatten_errs([
 
 input_errors := flatten_errs([
 	empty_err("shared_mounts", get(input, "shared_mounts", null)),
+	eq_err("sandbox_pidns", get(input, "sandbox_pidns", false), false),
 	empty_err("devices", get(input, "devices", null)),
 	empty_err("string_user", get(input, "string_user", null)),
 	empty_err("OCI.Hooks", hooks_in_use),
@@ -615,7 +617,9 @@ sysctl_errors := [sprintf("OCI.Linux.Sysctl: sent %s=%s, allowed %s", [k, json.m
 	object.get(allowed_sysctls, k, null) != v
 ]
 
-StartContainerRequest if known_container(input.container_id)
+StartContainerRequest := true if {
+	known_container(input.container_id)
+} else := {"allowed": false, "reason": sprintf("container_id: %s was not created under this policy", [json.marshal(get(input, "container_id", null))])}
 
 # ---- resources (CreateContainer and UpdateContainer) ------------------------------------
 
@@ -713,15 +717,24 @@ CloseStdinRequest if policy_data.request_defaults.CloseStdinRequest == true
 
 # Files the shim copies into the guest when there is no shared file system (Kubernetes
 # volumes: configMap, secret, projected, /etc/hosts, ...).
-CopyFileRequest if {
+CopyFileRequest := true if {
+	count(copy_file_errors) == 0
+} else := {"allowed": false, "reason": concat("; ", copy_file_errors)}
+
+copy_file_errors := flatten_errs([copy_file_path_errors, copy_file_mode_errors])
+
+copy_file_path_errors := [] if {
 	path := input.path
 	is_string(path)
 	not contains(path, "/../")
 	not endswith(path, "/..")
 	some pattern in policy_data.common.copy_file_regex
 	regex.match(expand(pattern), path)
+} else := [sprintf("path: sent %s, allowed a file of the pod's containers (%s)", [json.marshal(get(input, "path", null)), json.marshal(policy_data.common.copy_file_regex)])]
+
+copy_file_mode_errors := [] if {
 	copy_file_mode_ok(get(input, "file_mode", null))
-}
+} else := [sprintf("file_mode: sent %s, allowed a regular file, directory or symlink without setuid (setgid/sticky on directories only)", [json.marshal(get(input, "file_mode", null))])]
 
 # file_mode is st_mode: the type (S_IFMT 0o170000) none (0, a regular file), a directory
 # (0o040000), a regular file (0o100000) or a symlink (0o120000); no setuid/setgid/sticky

@@ -257,7 +257,7 @@ async fn start_in(
     timings.agent_ready = t.elapsed();
 
     let t = Instant::now();
-    if let Err(e) = setup_guest(&agent, spec, pod_net.as_ref(), cfg, is_tee).await {
+    if let Err(e) = setup_guest(&agent, id, spec, pod_net.as_ref(), cfg, is_tee).await {
         let _ = vm.shutdown(Duration::ZERO).await;
         return Err(e);
     }
@@ -276,6 +276,7 @@ async fn start_in(
 /// CreateSandbox with the pod's hostname and shm storage.
 async fn setup_guest(
     agent: &AgentClient,
+    sandbox_id: &str,
     spec: &oci_spec::runtime::Spec,
     net: Option<&hypervisor::net::PodNetwork>,
     cfg: &Config,
@@ -308,6 +309,8 @@ async fn setup_guest(
         }
     }
     let mut r = pb::CreateSandboxRequest::new();
+    // The CRI sandbox id, as Kata's shim sends it (generated policies check its shape).
+    r.sandbox_id = sandbox_id.to_string();
     r.hostname = spec.hostname().clone().unwrap_or_default();
     // The pod's /dev/shm, which every container binds (Kata's scheme).
     r.storages = vec![crate::rootfs::sandbox_shm_storage()];

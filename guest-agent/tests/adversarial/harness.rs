@@ -27,8 +27,9 @@ pub const REDACTED: &[u8] = guest_agent::service::REDACTED;
 /// The random part of the shim's copied-file names.
 pub const HEX16: &str = "0123456789abcdef";
 
-/// The pod: three volumes (configMap, secret, emptyDir), exec probes, and the security
-/// context fields the brief lists.
+/// The pod: two volumes (configMap, secret), exec probes, and the security context fields
+/// of the restricted Pod Security Standard. (No emptyDir: the agent does not implement
+/// Kata's `local` storage, and a bind source in another container's directory is refused.)
 pub const POD: &str = r#"
 apiVersion: v1
 kind: ConfigMap
@@ -55,6 +56,8 @@ spec:
     - name: web
       image: 127.0.0.1:5000/busybox:latest
       command: ["/bin/busybox", "sleep", "3600"]
+      resources:
+        limits: {memory: 256Mi, cpu: 500m}
       env:
         - name: MODE
           valueFrom: {configMapKeyRef: {name: shop-config, key: mode}}
@@ -68,7 +71,6 @@ spec:
       volumeMounts:
         - {name: config, mountPath: /etc/shop}
         - {name: secret, mountPath: /etc/secret}
-        - {name: scratch, mountPath: /scratch}
     - name: helper
       image: 127.0.0.1:5000/busybox:latest
       command: ["/bin/busybox", "sleep", "3600"]
@@ -77,12 +79,9 @@ spec:
         allowPrivilegeEscalation: false
         capabilities: {drop: [ALL]}
       readinessProbe: {exec: {command: ["/bin/busybox", "true"]}}
-      volumeMounts:
-        - {name: scratch, mountPath: /scratch}
   volumes:
     - {name: config, configMap: {name: shop-config}}
     - {name: secret, secret: {secretName: shop-secret}}
-    - {name: scratch, emptyDir: {}}
 "#;
 
 /// Starts the loopback registry with its fixtures (once per binary; the script locks).
@@ -636,12 +635,30 @@ fn caps(list: &[&str]) -> Value {
     json!({"Bounding": list, "Effective": list, "Permitted": list, "Inheritable": [], "Ambient": []})
 }
 
-/// A RuntimeDefault-like seccomp profile (small: allow by default, refuse a few syscalls).
+/// A RuntimeDefault-like seccomp profile: refuses by default, allows what busybox and the
+/// runtime's last steps use, `clone` only without namespace flags, `clone3` refused (libc
+/// falls back to clone), as the runtimes' default profiles do.
 pub fn seccomp() -> Value {
-    json!({"DefaultAction": "SCMP_ACT_ALLOW", "Architectures": ["SCMP_ARCH_X86_64"], "Flags": [],
+    const ALLOWED: &str = "read write readv writev pread64 pwrite64 open openat close stat fstat lstat newfstatat statx \
+        poll ppoll select pselect6 lseek mmap mprotect munmap mremap madvise brk rt_sigaction rt_sigprocmask \
+        rt_sigreturn rt_sigpending rt_sigtimedwait rt_sigsuspend sigaltstack ioctl access faccessat faccessat2 \
+        pipe pipe2 dup dup2 dup3 nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time \
+        getpid getppid gettid getuid geteuid getgid getegid getgroups setgroups setuid setgid setresuid setresgid \
+        getresuid getresgid setsid setpgid getpgid getpgrp capget capset prctl arch_prctl set_tid_address \
+        set_robust_list get_robust_list futex rseq execve execveat exit exit_group wait4 waitid kill tkill tgkill \
+        fork vfork uname fcntl flock fsync fdatasync truncate ftruncate getdents getdents64 getcwd chdir fchdir \
+        rename renameat renameat2 mkdir mkdirat rmdir unlink unlinkat link linkat symlink symlinkat readlink \
+        readlinkat chmod fchmod fchmodat chown fchown lchown fchownat umask getrlimit setrlimit prlimit64 getrusage \
+        sysinfo times statfs fstatfs sched_yield sched_getaffinity getrandom socket connect bind listen accept \
+        accept4 sendto recvfrom sendmsg recvmsg shutdown getsockname getpeername setsockopt getsockopt \
+        epoll_create1 epoll_ctl epoll_pwait eventfd2 close_range restart_syscall";
+    let allowed: Vec<&str> = ALLOWED.split_whitespace().collect();
+    json!({"DefaultAction": "SCMP_ACT_ERRNO", "Architectures": ["SCMP_ARCH_X86_64"], "Flags": [],
            "Syscalls": [
-               {"Names": ["kexec_load", "open_by_handle_at", "init_module", "finit_module", "delete_module"], "Action": "SCMP_ACT_ERRNO", "Args": []},
-               {"Names": ["bpf", "perf_event_open"], "Action": "SCMP_ACT_ERRNO", "Args": []}
+               {"Names": allowed, "Action": "SCMP_ACT_ALLOW", "Args": []},
+               {"Names": ["clone"], "Action": "SCMP_ACT_ALLOW",
+                "Args": [{"Index": 0, "Value": 2114060288u64, "ValueTwo": 0, "Op": "SCMP_CMP_MASKED_EQ"}]},
+               {"Names": ["clone3"], "Action": "SCMP_ACT_ERRNO", "Args": []}
            ]})
 }
 
@@ -687,10 +704,6 @@ impl Pod {
                "options": ["rbind", "rprivate", mode]})
     }
 
-    /// The emptyDir `scratch`: Kata's `local` storage below the sandbox's rootfs.
-    pub fn scratch_dir(&self) -> String {
-        format!("{}/local/scratch", self.rootfs(&self.sandbox_id))
-    }
 
     /// The pause container's request.
     pub fn pause(&self) -> Value {
@@ -702,6 +715,8 @@ impl Pod {
         let oci = &mut r["OCI"];
         oci["Root"] = json!({"Path": self.rootfs(cid), "Readonly": true});
         oci["Annotations"] = self.annotations("pause", "sandbox");
+        // containerd gives the sandbox the pod's hostname.
+        oci["Hostname"] = json!("shop");
         let p = &mut oci["Process"];
         p["Args"] = json!(["/bin/sh"]);
         p["Env"] = json!(["HELLO=world"]);
@@ -748,8 +763,6 @@ impl Pod {
             mounts.push(self.shared("/etc/shop", "config", "ro"));
             mounts.push(self.shared("/etc/secret", "secret", "ro"));
         }
-        mounts.push(json!({"destination": "/scratch", "type": "bind", "source": self.scratch_dir(),
-                           "options": ["rbind", "rprivate", "rw"]}));
         oci["Mounts"] = json!(mounts);
         oci["Linux"]["Seccomp"] = seccomp();
         r
