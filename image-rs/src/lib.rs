@@ -24,6 +24,7 @@ pub mod config;
 pub mod decrypt;
 pub mod digest;
 pub mod error;
+pub mod limits;
 pub mod mount;
 pub mod registry;
 pub mod signature;
@@ -32,6 +33,7 @@ pub mod unpack;
 
 pub use config::{merge_image_config, MergeError, UserDb};
 pub use error::ImageError;
+pub use limits::{Limit, PullLimits};
 pub use mount::{mount_rootfs, RootfsMount};
 pub use oci_client::secrets::RegistryAuth;
 pub use oci_client::Reference;
