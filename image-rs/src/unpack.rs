@@ -604,7 +604,11 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
     })
 }
 
-/// `rm -rf parent/name` without following symlinks.
+/// `rm -rf parent/name` without following symlinks. Iterative, holding one directory fd
+/// at a time (a layer's real depth is not bounded by its entries' path depth: paths may
+/// run through symlinks into deeper directories), so neither the stack nor the fd table
+/// grows with the depth: it descends into the first subdirectory found, and climbs back
+/// through `..` once a directory is empty.
 fn remove_all_at(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
     let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
@@ -614,19 +618,39 @@ fn remove_all_at(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return Ok(rustix::fs::unlinkat(parent, name, AtFlags::empty())?);
     }
-    let dir = rustix::fs::openat(parent, name, dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
-    let mut names = Vec::new();
-    for ent in Dir::read_from(&dir)? {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(OsStr::from_bytes(n).to_os_string());
+    let mut dir = rustix::fs::openat(parent, name, dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
+    // Names of the directories between `parent/name` (exclusive) and `dir`.
+    let mut path: Vec<OsString> = Vec::new();
+    loop {
+        let mut subdir = None;
+        for ent in Dir::read_from(&dir)? {
+            let ent = ent?;
+            let n = OsStr::from_bytes(ent.file_name().to_bytes());
+            if n == "." || n == ".." {
+                continue;
+            }
+            let st = rustix::fs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                subdir = Some(n.to_os_string());
+                break;
+            }
+            rustix::fs::unlinkat(&dir, n, AtFlags::empty())?;
         }
+        if let Some(n) = subdir {
+            dir = rustix::fs::openat(&dir, &n, dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
+            path.push(n);
+            continue;
+        }
+        // `dir` is empty: remove it from its parent and go on there.
+        let Some(n) = path.pop() else {
+            drop(dir);
+            return Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?);
+        };
+        let up = rustix::fs::openat(&dir, "..", dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
+        drop(dir);
+        rustix::fs::unlinkat(&up, &n, AtFlags::REMOVEDIR)?;
+        dir = up;
     }
-    for n in names {
-        remove_all_at(&dir, &n)?;
-    }
-    Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
 }
 
 /// Remove a directory tree (a failed or replaced layer dir) without following symlinks.
@@ -642,7 +666,7 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::limits::{Limit, LayerStats, PullLimits};
+    use crate::limits::{LayerStats, Limit, PullLimits};
     use std::sync::atomic::AtomicU64;
 
     /// One raw tar entry; names are written verbatim (no validation by the tar crate).
@@ -725,17 +749,27 @@ mod tests {
             max_layer_entries: 2,
             ..PullLimits::default()
         };
-        let files = [(T::Regular, "a", ""), (T::Regular, "b", ""), (T::Regular, "c", "")];
+        let files = [
+            (T::Regular, "a", ""),
+            (T::Regular, "b", ""),
+            (T::Regular, "c", ""),
+        ];
         assert_eq!(limit_hit(&files, few.clone(), "c"), Limit::LayerEntries);
-        run_limited(&files[..2], &UnpackOptions::default(), &few).1.unwrap();
+        run_limited(&files[..2], &UnpackOptions::default(), &few)
+            .1
+            .unwrap();
 
         let shallow = PullLimits {
             max_path_depth: 3,
             ..PullLimits::default()
         };
-        run_limited(&[(T::Regular, "a/b/c", "")], &UnpackOptions::default(), &shallow)
-            .1
-            .unwrap();
+        run_limited(
+            &[(T::Regular, "a/b/c", "")],
+            &UnpackOptions::default(),
+            &shallow,
+        )
+        .1
+        .unwrap();
         assert_eq!(
             limit_hit(&[(T::Regular, "./a/b/c/d", "")], shallow, "./a/b/c/d"),
             Limit::PathDepth
@@ -868,6 +902,35 @@ mod tests {
             &[(T::Symlink, "up", ".."), (T::Regular, "up/.wh.x", "")],
             "up/.wh.x",
         );
+    }
+
+    #[test]
+    fn removal_does_not_recurse_with_the_depth() {
+        let outer = tempfile::tempdir().unwrap();
+        let top = outer.path().join("layer");
+        std::fs::create_dir(&top).unwrap();
+        let mut fd = rustix::fs::open(&top, dir_flags(), Mode::empty()).unwrap();
+        for _ in 0..5000 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            std::fs::write(
+                format!("/proc/self/fd/{}/f", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+                b"x",
+            )
+            .unwrap();
+            rustix::fs::symlinkat("f", &fd, "s").unwrap();
+            fd = rustix::fs::openat(&fd, "d", dir_flags(), Mode::empty()).unwrap();
+        }
+        drop(fd);
+        // A recursive removal needs far more than 64 KiB of stack for 5000 levels.
+        let t = top.clone();
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || remove_tree(&t).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!top.exists());
+        assert_eq!(std::fs::read_dir(outer.path()).unwrap().count(), 0);
     }
 
     #[test]
