@@ -38,5 +38,5 @@ pub use mount::{mount_rootfs, RootfsMount};
 pub use oci_client::secrets::RegistryAuth;
 pub use oci_client::Reference;
 pub use registry::{RegistryClient, RegistryConfig};
-pub use store::{ImageStore, PulledImage, PullOptions};
+pub use store::{ImageStore, PullOptions, PulledImage};
 pub use unpack::UnpackOptions;

@@ -148,7 +148,8 @@ pub(crate) struct LimitHit {
 impl LimitHit {
     /// The limit hit inside `e`, if `e` carries one.
     pub(crate) fn from_io(e: &io::Error) -> Option<&LimitHit> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<LimitHit>())
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<LimitHit>())
     }
 
     fn into_io(self) -> io::Error {
@@ -187,7 +188,11 @@ pub(crate) struct LayerMeter<'a> {
 impl<'a> LayerMeter<'a> {
     /// A meter for a layer of an image that already holds `image_before`; charges
     /// go to `cache` (which the caller refunds with [`LayerMeter::bytes`] on failure).
-    pub(crate) fn new(limits: &'a PullLimits, image_before: LayerStats, cache: &'a AtomicU64) -> Self {
+    pub(crate) fn new(
+        limits: &'a PullLimits,
+        image_before: LayerStats,
+        cache: &'a AtomicU64,
+    ) -> Self {
         LayerMeter {
             limits,
             image_before,
@@ -210,12 +215,13 @@ impl<'a> LayerMeter<'a> {
         let layer = self.bytes.get().saturating_add(n);
         // Charged to the cache first, so a refusal refunds exactly what `bytes` says.
         self.bytes.set(layer);
-        let cache = self
-            .cache
-            .fetch_add(n, Ordering::SeqCst)
-            .saturating_add(n);
+        let cache = self.cache.fetch_add(n, Ordering::SeqCst).saturating_add(n);
         let l = self.limits;
-        check(Limit::LayerUncompressed, l.max_layer_uncompressed_bytes, layer)?;
+        check(
+            Limit::LayerUncompressed,
+            l.max_layer_uncompressed_bytes,
+            layer,
+        )?;
         check(
             Limit::ImageUncompressed,
             l.max_image_uncompressed_bytes,
@@ -297,14 +303,23 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap_err();
         let hit = LimitHit::from_io(&e).unwrap();
-        assert_eq!((hit.limit, hit.max, hit.value), (Limit::LayerUncompressed, 100, 101));
+        assert_eq!(
+            (hit.limit, hit.max, hit.value),
+            (Limit::LayerUncompressed, 100, 101)
+        );
         assert_eq!(cache.load(Ordering::SeqCst), m.stats().bytes);
 
-        let before = LayerStats { bytes: 100, entries: 3 };
+        let before = LayerStats {
+            bytes: 100,
+            entries: 3,
+        };
         let m = LayerMeter::new(&limits, before, &cache);
         let hit = m.charge_bytes(51).unwrap_err();
         assert_eq!((hit.limit, hit.value), (Limit::ImageUncompressed, 151));
-        let hit = m.charge_entry().and_then(|()| m.charge_entry()).unwrap_err();
+        let hit = m
+            .charge_entry()
+            .and_then(|()| m.charge_entry())
+            .unwrap_err();
         assert_eq!((hit.limit, hit.value), (Limit::ImageEntries, 5));
 
         let full = AtomicU64::new(990);
@@ -323,13 +338,19 @@ mod tests {
         let cache = AtomicU64::new(0);
         let m = LayerMeter::new(&limits, LayerStats::default(), &cache);
         assert!(m.check_path(Some(2), 5).is_ok());
-        assert_eq!(m.check_path(Some(3), 5).unwrap_err().limit, Limit::PathDepth);
+        assert_eq!(
+            m.check_path(Some(3), 5).unwrap_err().limit,
+            Limit::PathDepth
+        );
         assert_eq!(m.check_path(None, 6).unwrap_err().limit, Limit::PathLength);
     }
 
     #[test]
     fn cache_default_follows_guest_memory() {
-        assert_eq!(mem_total("MemTotal:        2048000 kB\nMemFree: 1 kB\n"), Some(2048000 * 1024));
+        assert_eq!(
+            mem_total("MemTotal:        2048000 kB\nMemFree: 1 kB\n"),
+            Some(2048000 * 1024)
+        );
         assert_eq!(mem_total("nothing"), None);
         let d = default_cache_bytes();
         assert!(d > 0);

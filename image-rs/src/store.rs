@@ -405,7 +405,11 @@ impl ImageStore {
             total.entries = total.entries.saturating_add(stats.entries);
             // A new layer was checked while it streamed; a cached one is checked here.
             let over = [
-                (Limit::ImageUncompressed, limits.max_image_uncompressed_bytes, total.bytes),
+                (
+                    Limit::ImageUncompressed,
+                    limits.max_image_uncompressed_bytes,
+                    total.bytes,
+                ),
                 (Limit::ImageEntries, limits.max_image_entries, total.entries),
             ]
             .into_iter()
@@ -605,7 +609,13 @@ fn check_manifest_limits(
     let count = manifest.layers.len() as u64;
     if count > limits.max_layers {
         let d = manifest_digest.to_string();
-        return Err(exceeded("image", d, Limit::Layers, limits.max_layers, count));
+        return Err(exceeded(
+            "image",
+            d,
+            Limit::Layers,
+            limits.max_layers,
+            count,
+        ));
     }
     let mut total = 0u64;
     for desc in &manifest.layers {
@@ -617,7 +627,10 @@ fn check_manifest_limits(
         total = total.saturating_add(size);
     }
     if total > limits.max_image_compressed_bytes {
-        let (max, d) = (limits.max_image_compressed_bytes, manifest_digest.to_string());
+        let (max, d) = (
+            limits.max_image_compressed_bytes,
+            manifest_digest.to_string(),
+        );
         return Err(exceeded("image", d, Limit::ImageCompressed, max, total));
     }
     Ok(())
@@ -628,11 +641,14 @@ fn scan_cache(root: &Path) -> Result<CacheState> {
     let state = CacheState::default();
     for algo in ["sha256", "sha512"] {
         let dir = root.join("layers").join(algo);
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| ImageError::io("image store", "reading", &dir, e))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| ImageError::io("image store", "reading", &dir, e))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(d) = name.to_str().and_then(|h| Digest::parse(&format!("{algo}:{h}"))) else {
+            let Some(d) = name
+                .to_str()
+                .and_then(|h| Digest::parse(&format!("{algo}:{h}")))
+            else {
                 continue;
             };
             let stats = measure_layer(&entry.path());
@@ -660,7 +676,11 @@ fn measure_layer(dir: &Path) -> LayerStats {
             stats.bytes = stats
                 .bytes
                 .saturating_add(512)
-                .saturating_add(if md.is_file() { md.len().div_ceil(512) * 512 } else { 0 });
+                .saturating_add(if md.is_file() {
+                    md.len().div_ceil(512) * 512
+                } else {
+                    0
+                });
             if md.is_dir() {
                 todo.push(entry.path());
             }
@@ -788,7 +808,9 @@ fn run_pipeline<R: Read>(body: R, ctx: PipelineCtx) -> Result<LayerStats> {
     let meter = LayerMeter::new(&ctx.limits, ctx.image_before, &ctx.cache.bytes);
     let result = run_metered(body, &ctx, &meter);
     if result.is_err() {
-        ctx.cache.bytes.fetch_sub(meter.stats().bytes, Ordering::SeqCst);
+        ctx.cache
+            .bytes
+            .fetch_sub(meter.stats().bytes, Ordering::SeqCst);
     }
     result.map(|()| meter.stats())
 }

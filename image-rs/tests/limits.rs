@@ -87,7 +87,8 @@ fn files(prefix: &str, count: usize, size: u64) -> Layer {
         for i in 0..count {
             let mut h = header(size);
             let zeros = std::io::Read::take(std::io::repeat(0), size);
-            b.append_data(&mut h, format!("{prefix}{i}"), zeros).unwrap();
+            b.append_data(&mut h, format!("{prefix}{i}"), zeros)
+                .unwrap();
         }
     })
 }
@@ -141,9 +142,15 @@ impl Registry {
         let mut c = self.content.lock().unwrap();
         let blob = |d: &str| format!("/v2/{name}/blobs/{d}");
         for l in layers {
-            c.insert(blob(&sha256(&l.blob)), ("application/octet-stream".into(), l.blob.clone()));
+            c.insert(
+                blob(&sha256(&l.blob)),
+                ("application/octet-stream".into(), l.blob.clone()),
+            );
         }
-        c.insert(blob(&sha256(&config)), ("application/octet-stream".into(), Bytes::from(config)));
+        c.insert(
+            blob(&sha256(&config)),
+            ("application/octet-stream".into(), Bytes::from(config)),
+        );
         c.insert(
             format!("/v2/{name}/manifests/latest"),
             (OCI_MANIFEST.into(), Bytes::from(manifest)),
@@ -226,9 +233,18 @@ fn limits() -> PullLimits {
 /// Names under `dir` (recursively for layers/ and images/).
 fn names(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
-    for sub in ["tmp", "layers/sha256", "layers/sha512", "images/sha256", "images/sha512"] {
+    for sub in [
+        "tmp",
+        "layers/sha256",
+        "layers/sha512",
+        "images/sha256",
+        "images/sha512",
+    ] {
         for e in std::fs::read_dir(dir.join(sub)).unwrap() {
-            out.push(format!("{sub}/{}", e.unwrap().file_name().to_string_lossy()));
+            out.push(format!(
+                "{sub}/{}",
+                e.unwrap().file_name().to_string_lossy()
+            ));
         }
     }
     out.sort();
@@ -289,7 +305,10 @@ async fn image_uncompressed_total_counts_every_layer_and_leaves_nothing() {
         max_image_uncompressed_bytes: 5 << 20,
         ..limits()
     };
-    let err = store.pull(&reg.image("two"), &with(l.clone())).await.unwrap_err();
+    let err = store
+        .pull(&reg.image("two"), &with(l.clone()))
+        .await
+        .unwrap_err();
     assert_limit(&err, Limit::ImageUncompressed, "layer", &sha256(&b.blob));
     // The first layer was complete, but the failed pull does not keep it.
     assert_clean(&store);
@@ -316,7 +335,13 @@ async fn image_uncompressed_total_counts_every_layer_and_leaves_nothing() {
     assert_limit(&err, Limit::ImageUncompressed, "image", &manifest);
     // `a` belongs to the stored image `a` and stays; `b` is gone.
     assert_eq!(store.cache_bytes(), cached);
-    assert_eq!(names(store.root()).iter().filter(|n| n.starts_with("layers/")).count(), 1);
+    assert_eq!(
+        names(store.root())
+            .iter()
+            .filter(|n| n.starts_with("layers/"))
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -349,7 +374,10 @@ async fn deep_and_long_paths_are_refused() {
     let (reg, _d, store) = registry().await;
     let deep = one_file(&format!("{}f", "d/".repeat(200)));
     reg.add_image("deep", std::slice::from_ref(&deep));
-    let err = store.pull(&reg.image("deep"), &with(limits())).await.unwrap_err();
+    let err = store
+        .pull(&reg.image("deep"), &with(limits()))
+        .await
+        .unwrap_err();
     let (max, value) = assert_limit(&err, Limit::PathDepth, "layer", &sha256(&deep.blob));
     assert_eq!((max, value), (128, 201));
     assert_clean(&store);
@@ -357,7 +385,10 @@ async fn deep_and_long_paths_are_refused() {
     let name = "n".repeat(250);
     let long = one_file(&vec![name.as_str(); 20].join("/"));
     reg.add_image("long", std::slice::from_ref(&long));
-    let err = store.pull(&reg.image("long"), &with(limits())).await.unwrap_err();
+    let err = store
+        .pull(&reg.image("long"), &with(limits()))
+        .await
+        .unwrap_err();
     let (max, value) = assert_limit(&err, Limit::PathLength, "layer", &sha256(&long.blob));
     assert_eq!((max, value), (4096, 20 * 251 - 1));
     assert_clean(&store);
@@ -368,14 +399,21 @@ async fn too_many_layers_are_refused_before_any_fetch() {
     let (reg, _d, store) = registry().await;
     let layers: Vec<_> = (0..129).map(|i| files(&format!("l{i}-"), 1, 0)).collect();
     reg.add_image("tall", &layers);
-    let err = store.pull(&reg.image("tall"), &with(limits())).await.unwrap_err();
+    let err = store
+        .pull(&reg.image("tall"), &with(limits()))
+        .await
+        .unwrap_err();
     let manifest = match &err {
         ImageError::LimitExceeded { digest, .. } => digest.clone(),
         e => panic!("{e}"),
     };
     let (max, value) = assert_limit(&err, Limit::Layers, "image", &manifest);
     assert_eq!((max, value), (128, 129));
-    assert_eq!(reg.blob_gets.load(Ordering::SeqCst), 0, "a blob was fetched");
+    assert_eq!(
+        reg.blob_gets.load(Ordering::SeqCst),
+        0,
+        "a blob was fetched"
+    );
     assert_clean(&store);
 }
 
@@ -385,7 +423,10 @@ async fn huge_declared_sizes_are_refused_before_any_fetch() {
     let mut huge = files("h", 1, 1);
     huge.declared = Some(1 << 40);
     reg.add_image("huge", std::slice::from_ref(&huge));
-    let err = store.pull(&reg.image("huge"), &with(limits())).await.unwrap_err();
+    let err = store
+        .pull(&reg.image("huge"), &with(limits()))
+        .await
+        .unwrap_err();
     let (max, value) = assert_limit(&err, Limit::LayerCompressed, "layer", &sha256(&huge.blob));
     assert_eq!((max, value), (4 << 30, 1 << 40));
 
@@ -398,13 +439,20 @@ async fn huge_declared_sizes_are_refused_before_any_fetch() {
         })
         .collect();
     reg.add_image("big", &big);
-    let err = store.pull(&reg.image("big"), &with(limits())).await.unwrap_err();
+    let err = store
+        .pull(&reg.image("big"), &with(limits()))
+        .await
+        .unwrap_err();
     let manifest = match &err {
         ImageError::LimitExceeded { digest, .. } => digest.clone(),
         e => panic!("{e}"),
     };
     assert_limit(&err, Limit::ImageCompressed, "image", &manifest);
-    assert_eq!(reg.blob_gets.load(Ordering::SeqCst), 0, "a blob was fetched");
+    assert_eq!(
+        reg.blob_gets.load(Ordering::SeqCst),
+        0,
+        "a blob was fetched"
+    );
     assert_clean(&store);
 }
 
@@ -421,16 +469,26 @@ async fn a_pull_that_would_overfill_the_cache_is_refused() {
     store.pull(&reg.image("a"), &with(l.clone())).await.unwrap();
     let before = store.cache_bytes();
     let listing = names(store.root());
-    let err = store.pull(&reg.image("b"), &with(l.clone())).await.unwrap_err();
+    let err = store
+        .pull(&reg.image("b"), &with(l.clone()))
+        .await
+        .unwrap_err();
     assert_limit(&err, Limit::CacheBytes, "layer", &sha256(&b.blob));
     assert_eq!(store.cache_bytes(), before);
-    assert_eq!(names(store.root()), listing, "the refused pull left something");
+    assert_eq!(
+        names(store.root()),
+        listing,
+        "the refused pull left something"
+    );
     // The cached image is still usable, and a reopened store counts it again.
     store.pull(&reg.image("a"), &with(l.clone())).await.unwrap();
-    let reopened = ImageStore::new(store.root(), RegistryConfig {
-        insecure_registries: vec![reg.addr.to_string()],
-        ..Default::default()
-    })
+    let reopened = ImageStore::new(
+        store.root(),
+        RegistryConfig {
+            insecure_registries: vec![reg.addr.to_string()],
+            ..Default::default()
+        },
+    )
     .unwrap();
     let measured = reopened.cache_bytes();
     assert!(measured.abs_diff(before) <= 4096, "{measured} vs {before}");
