@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use image_rs::decrypt::KeyProvider;
 use image_rs::signature::ImagePolicy;
-use image_rs::{ImageStore, PullOptions, Reference, RegistryConfig, RootfsMount, UserDb};
+use image_rs::{ImageStore, PullLimits, PullOptions, Reference, RegistryConfig, RootfsMount, UserDb};
 use protocols::agent as pb;
 
 use crate::error::AgentError;
@@ -49,6 +49,8 @@ pub struct ImagePullConfig {
     /// The pause container's rootfs shipped in the guest image (`None`: a sandbox
     /// container must bring its own image).
     pub pause_rootfs: Option<PathBuf>,
+    /// Size and count limits of pulls (initdata `[image.limits]`; defaults otherwise).
+    pub limits: ImageLimits,
 }
 
 impl std::fmt::Debug for ImagePullConfig {
@@ -58,6 +60,7 @@ impl std::fmt::Debug for ImagePullConfig {
             .field("image_policy", &self.image_policy.is_some())
             .field("keys", &self.keys.is_some())
             .field("pause_rootfs", &self.pause_rootfs)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -141,10 +144,16 @@ impl KeyProvider for KbsKeys {
 /// # private keys (PEM/JWK) for JWE-encrypted layers, released by the KBS after
 /// # attestation (kata-cc extension; CoCo's key-provider annotation needs no setting)
 /// private_key_uris = ["kbs:///default/image-key/priv"]
+///
+/// # what a (hostile) registry may make the guest hold (kata-cc extension); each key
+/// # overrides one default of image_rs::PullLimits / RegistryConfig, see ImageLimits
+/// [image.limits]
+/// max_layer_uncompressed_bytes = 4294967296
+/// max_cache_bytes = 2147483648
 /// ```
 ///
-/// Unknown keys in `[image]` are refused so a typo cannot silently drop a signature
-/// requirement; other tables of cdh.toml are ignored.
+/// Unknown keys in `[image]` and `[image.limits]` are refused so a typo cannot silently
+/// drop a signature requirement or a limit; other tables of cdh.toml are ignored.
 pub fn config_from_cdh_toml(text: &str) -> Result<CdhImage, String> {
     #[derive(serde::Deserialize, Default)]
     #[serde(deny_unknown_fields)]
@@ -154,6 +163,8 @@ pub fn config_from_cdh_toml(text: &str) -> Result<CdhImage, String> {
         image_security_policy: Option<String>,
         #[serde(default)]
         private_key_uris: Vec<String>,
+        #[serde(default)]
+        limits: ImageLimits,
     }
     #[derive(serde::Deserialize)]
     struct Cdh {
@@ -169,11 +180,100 @@ pub fn config_from_cdh_toml(text: &str) -> Result<CdhImage, String> {
     for uri in &image.private_key_uris {
         attestation_agent::parse_kbs_uri(uri).map_err(|e| format!("cdh.toml [image] private_key_uris: {e}"))?;
     }
+    image.limits.validate().map_err(|e| format!("cdh.toml [image.limits] {e}"))?;
     Ok(CdhImage {
         insecure_registries: image.insecure_registries,
         image_policy: policy,
         private_key_uris: image.private_key_uris,
+        limits: image.limits,
     })
+}
+
+/// initdata `cdh.toml` `[image.limits]`: what a registry may make the guest hold. Each
+/// key, when present, replaces one default; sizes are bytes. The keys are the names of
+/// [`image_rs::Limit`] (which errors quote), plus the document sizes of
+/// [`RegistryConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageLimits {
+    /// [`PullLimits::max_layers`].
+    pub max_layers: Option<u64>,
+    /// [`PullLimits::max_layer_compressed_bytes`].
+    pub max_layer_compressed_bytes: Option<u64>,
+    /// [`PullLimits::max_layer_uncompressed_bytes`].
+    pub max_layer_uncompressed_bytes: Option<u64>,
+    /// [`PullLimits::max_image_compressed_bytes`].
+    pub max_image_compressed_bytes: Option<u64>,
+    /// [`PullLimits::max_image_uncompressed_bytes`].
+    pub max_image_uncompressed_bytes: Option<u64>,
+    /// [`PullLimits::max_layer_entries`].
+    pub max_layer_entries: Option<u64>,
+    /// [`PullLimits::max_image_entries`].
+    pub max_image_entries: Option<u64>,
+    /// [`PullLimits::max_path_depth`].
+    pub max_path_depth: Option<u64>,
+    /// [`PullLimits::max_path_length`].
+    pub max_path_length: Option<u64>,
+    /// [`PullLimits::max_cache_bytes`].
+    pub max_cache_bytes: Option<u64>,
+    /// [`RegistryConfig::max_manifest_size`].
+    pub max_manifest_bytes: Option<u64>,
+    /// [`RegistryConfig::max_config_size`].
+    pub max_config_bytes: Option<u64>,
+}
+
+impl ImageLimits {
+    fn all(&self) -> [(&'static str, Option<u64>); 12] {
+        [
+            ("max_layers", self.max_layers),
+            ("max_layer_compressed_bytes", self.max_layer_compressed_bytes),
+            ("max_layer_uncompressed_bytes", self.max_layer_uncompressed_bytes),
+            ("max_image_compressed_bytes", self.max_image_compressed_bytes),
+            ("max_image_uncompressed_bytes", self.max_image_uncompressed_bytes),
+            ("max_layer_entries", self.max_layer_entries),
+            ("max_image_entries", self.max_image_entries),
+            ("max_path_depth", self.max_path_depth),
+            ("max_path_length", self.max_path_length),
+            ("max_cache_bytes", self.max_cache_bytes),
+            ("max_manifest_bytes", self.max_manifest_bytes),
+            ("max_config_bytes", self.max_config_bytes),
+        ]
+    }
+
+    /// A limit of 0 would refuse every image: refused as a mistake.
+    fn validate(&self) -> Result<(), String> {
+        match self.all().into_iter().find(|(_, v)| *v == Some(0)) {
+            Some((key, _)) => Err(format!("{key} = 0 would refuse every image")),
+            None => Ok(()),
+        }
+    }
+
+    /// The pull limits: the defaults with the keys given replaced.
+    pub fn pull_limits(&self) -> PullLimits {
+        let d = PullLimits::default();
+        PullLimits {
+            max_layers: self.max_layers.unwrap_or(d.max_layers),
+            max_layer_compressed_bytes: self.max_layer_compressed_bytes.unwrap_or(d.max_layer_compressed_bytes),
+            max_layer_uncompressed_bytes: self.max_layer_uncompressed_bytes.unwrap_or(d.max_layer_uncompressed_bytes),
+            max_image_compressed_bytes: self.max_image_compressed_bytes.unwrap_or(d.max_image_compressed_bytes),
+            max_image_uncompressed_bytes: self.max_image_uncompressed_bytes.unwrap_or(d.max_image_uncompressed_bytes),
+            max_layer_entries: self.max_layer_entries.unwrap_or(d.max_layer_entries),
+            max_image_entries: self.max_image_entries.unwrap_or(d.max_image_entries),
+            max_path_depth: self.max_path_depth.unwrap_or(d.max_path_depth),
+            max_path_length: self.max_path_length.unwrap_or(d.max_path_length),
+            max_cache_bytes: self.max_cache_bytes.unwrap_or(d.max_cache_bytes),
+        }
+    }
+
+    /// `registry` with the document size keys given applied.
+    pub fn apply_to_registry(&self, registry: &mut RegistryConfig) {
+        if let Some(n) = self.max_manifest_bytes {
+            registry.max_manifest_size = n;
+        }
+        if let Some(n) = self.max_config_bytes {
+            registry.max_config_size = n;
+        }
+    }
 }
 
 /// The `[image]` settings of an initdata `cdh.toml`.
@@ -185,6 +285,8 @@ pub struct CdhImage {
     pub image_policy: Option<ImagePolicy>,
     /// Private keys for JWE-encrypted layers, fetched from the KBS.
     pub private_key_uris: Vec<String>,
+    /// `[image.limits]`.
+    pub limits: ImageLimits,
 }
 
 /// The agent's image puller: one layer cache for the whole pod.
@@ -240,10 +342,17 @@ impl ImagePuller {
     async fn store(&self) -> Result<&ImageStore, AgentError> {
         self.store
             .get_or_try_init(|| async {
-                let registry = RegistryConfig {
+                let mut registry = RegistryConfig {
                     insecure_registries: self.cfg.insecure_registries.clone(),
                     ..RegistryConfig::default()
                 };
+                self.cfg.limits.apply_to_registry(&mut registry);
+                tracing::info!(
+                    "image pulls: {:?}, manifests up to {} bytes, configs up to {} bytes",
+                    self.cfg.limits.pull_limits(),
+                    registry.max_manifest_size,
+                    registry.max_config_size
+                );
                 ImageStore::new(&self.cache_root, registry)
                     .map_err(|e| AgentError::io("open the image cache")(std::io::Error::other(e)))
             })
@@ -292,6 +401,7 @@ impl ImagePuller {
         let opts = PullOptions {
             keys: self.cfg.keys.clone().map(|k| k as Arc<dyn KeyProvider>),
             image_policy: self.cfg.image_policy.clone().unwrap_or_else(ImagePolicy::accept_anything),
+            limits: self.cfg.limits.pull_limits(),
             ..PullOptions::default()
         };
         let store = self.store().await?;
@@ -475,6 +585,32 @@ mod tests {
         assert!(e.contains("insecure_registry"), "{e}");
         let e = config_from_cdh_toml("[image]\nimage_security_policy = '{\"default\":[{\"type\":\"signedBy\"}]}'\n").unwrap_err();
         assert!(e.contains("image_security_policy"), "{e}");
+    }
+
+    #[test]
+    fn cdh_toml_image_limits() {
+        let c = config_from_cdh_toml(
+            "[image]\ninsecure_registries = [\"r:5000\"]\n[image.limits]\nmax_layers = 16\nmax_cache_bytes = 1073741824\nmax_manifest_bytes = 65536\n",
+        )
+        .unwrap();
+        let l = c.limits.pull_limits();
+        let d = PullLimits::default();
+        assert_eq!((l.max_layers, l.max_cache_bytes), (16, 1 << 30));
+        assert_eq!(l.max_layer_uncompressed_bytes, d.max_layer_uncompressed_bytes);
+        let mut reg = RegistryConfig::default();
+        c.limits.apply_to_registry(&mut reg);
+        assert_eq!((reg.max_manifest_size, reg.max_config_size), (65536, RegistryConfig::default().max_config_size));
+        // Absent: the defaults.
+        assert_eq!(config_from_cdh_toml("[image]\n").unwrap().limits, ImageLimits::default());
+        for (toml, want) in [
+            ("[image.limits]\nmax_layer = 3\n", "max_layer"),
+            ("[image.limits]\nmax_layers = -1\n", "max_layers"),
+            ("[image.limits]\nmax_layers = \"4GiB\"\n", "max_layers"),
+            ("[image.limits]\nmax_path_depth = 0\n", "max_path_depth = 0"),
+        ] {
+            let e = config_from_cdh_toml(toml).unwrap_err();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -225,11 +225,13 @@ fn image_pull_config(
         None => None,
     };
     let mut key_uris = Vec::new();
+    let mut limits = guest_agent::image_pull::ImageLimits::default();
     if let Some(cdh) = initdata.and_then(|d| d.init.data.get("cdh.toml")) {
         let c = guest_agent::image_pull::config_from_cdh_toml(cdh).map_err(anyhow::Error::msg).context("initdata")?;
         insecure.extend(c.insecure_registries);
         image_policy = c.image_policy.or(image_policy);
         key_uris = c.private_key_uris;
+        limits = c.limits;
     }
     let mut private_keys = Vec::new();
     for k in &args.image_keys {
@@ -241,5 +243,6 @@ fn image_pull_config(
         image_policy,
         keys: Some(Arc::new(guest_agent::image_pull::KbsKeys::new(attestation.kbs_client(), private_keys, key_uris))),
         pause_rootfs: (init_mode && pause.is_dir()).then_some(pause),
+        limits,
     })
 }

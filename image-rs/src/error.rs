@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use crate::decrypt::DecryptError;
+use crate::limits::Limit;
 use crate::signature::SignatureError;
 
 /// Why pulling, verifying, unpacking or mounting an image failed.
@@ -82,6 +83,25 @@ pub enum ImageError {
         image: String,
         /// The platforms offered (`os/arch[/variant]`).
         offered: Vec<String>,
+    },
+    /// A pull limit ([`PullLimits`](crate::PullLimits)) was exceeded: nothing of the layer
+    /// was kept.
+    #[error("{image}: {what} {digest}: {value} exceeds the limit {limit} = {max}{}", entry_suffix(.entry))]
+    LimitExceeded {
+        /// Image reference.
+        image: String,
+        /// `image` (the manifest digest follows) or `layer` (the blob digest follows).
+        what: String,
+        /// The manifest or layer digest.
+        digest: String,
+        /// The limit, named as its `[image.limits]` key.
+        limit: Limit,
+        /// The limit's value.
+        max: u64,
+        /// The value that exceeded it (at the point of refusal, for streamed counts).
+        value: u64,
+        /// The tar entry it was hit at, for entry and path limits.
+        entry: Option<String>,
     },
     /// A blob's content does not match its digest.
     #[error("{image}: {what} {digest}: content digest is {actual}")]
@@ -224,6 +244,13 @@ impl ImageError {
             source,
         }
     }
+}
+
+fn entry_suffix(entry: &Option<String>) -> String {
+    entry
+        .as_ref()
+        .map(|e| format!(" (entry {e:?})"))
+        .unwrap_or_default()
 }
 
 /// Result of this crate.

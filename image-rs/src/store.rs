@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use oci_client::manifest::OciDescriptor;
@@ -22,6 +23,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::decrypt::{self, KeyProvider, LayerKey};
 use crate::digest::{BlobCheck, Digest, HashingReader, VerifyingReader};
 use crate::error::{ImageError, Result};
+use crate::limits::{LayerMeter, LayerStats, Limit, LimitHit, MeteredReader, PullLimits};
 use crate::registry::{descriptor_digest, descriptor_size, RegistryClient, RegistryConfig};
 use crate::signature::{self, ImagePolicy};
 use crate::unpack::{self, UnpackError, UnpackOptions};
@@ -37,6 +39,8 @@ pub struct PullOptions {
     pub image_policy: ImagePolicy,
     /// What unpacking accepts (device nodes).
     pub unpack: UnpackOptions,
+    /// Sizes and counts the registry may make the guest hold.
+    pub limits: PullLimits,
 }
 
 impl Default for PullOptions {
@@ -46,6 +50,7 @@ impl Default for PullOptions {
             keys: None,
             image_policy: ImagePolicy::accept_anything(),
             unpack: UnpackOptions::default(),
+            limits: PullLimits::default(),
         }
     }
 }
@@ -56,6 +61,7 @@ impl std::fmt::Debug for PullOptions {
             .field("auth", &self.auth)
             .field("keys", &self.keys.is_some())
             .field("unpack", &self.unpack)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +99,56 @@ pub struct ImageStore {
     registry: Arc<RegistryConfig>,
     locks: Arc<StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     downloads: Arc<std::sync::atomic::AtomicU64>,
+    cache: Arc<CacheState>,
+}
+
+/// What the layer cache holds, for the limits: the bytes of every cached layer and of
+/// layers being unpacked (charged as they stream), each cached layer's stats, and the
+/// layers that pulls in flight use (a failed pull removes the layers it added unless
+/// another pull or a stored image uses them).
+#[derive(Debug, Default)]
+struct CacheState {
+    bytes: AtomicU64,
+    layers: StdMutex<HashMap<Digest, LayerStats>>,
+    pins: StdMutex<HashMap<Digest, usize>>,
+}
+
+fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Layers a pull uses, unpinned when the pull ends (also when it is cancelled).
+struct Pins<'a> {
+    cache: &'a CacheState,
+    layers: Vec<Digest>,
+}
+
+impl<'a> Pins<'a> {
+    fn new(cache: &'a CacheState, layers: Vec<Digest>) -> Self {
+        let mut pins = locked(&cache.pins);
+        for d in &layers {
+            *pins.entry(d.clone()).or_default() += 1;
+        }
+        drop(pins);
+        Pins { cache, layers }
+    }
+}
+
+impl Drop for Pins<'_> {
+    fn drop(&mut self) {
+        let mut pins = locked(&self.cache.pins);
+        for d in &self.layers {
+            if let Some(n) = pins.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(d);
+                }
+            }
+        }
+    }
 }
 
 /// What one layer pull needs.
@@ -102,6 +158,8 @@ struct LayerJob<'a> {
     desc: &'a OciDescriptor,
     diff_id: Digest,
     opts: &'a PullOptions,
+    /// What the image's layers below this one hold.
+    image_before: LayerStats,
 }
 
 enum Compression {
@@ -126,11 +184,18 @@ impl ImageStore {
                 .map_err(|e| ImageError::io("image store", "creating", &p, e))?;
         }
         Ok(ImageStore {
+            cache: Arc::new(scan_cache(&root)?),
             root,
             registry: Arc::new(registry),
             locks: Arc::default(),
             downloads: Arc::default(),
         })
+    }
+
+    /// Bytes the layer cache holds (decompressed tar bytes of cached layers and of
+    /// layers being unpacked), as counted against [`PullLimits::max_cache_bytes`].
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.bytes.load(Ordering::SeqCst)
     }
 
     /// How many layer blobs this store has fetched (cache misses), for tests and metrics.
@@ -176,6 +241,7 @@ impl ImageStore {
             source,
         })?;
         let manifest = &resolved.manifest;
+        check_manifest_limits(image, &resolved.digest, manifest, &opts.limits)?;
         let config_raw = client
             .fetch_small_blob(
                 image,
@@ -206,19 +272,24 @@ impl ImageStore {
                 manifest.layers.len()
             )));
         }
-        let mut layer_dirs = Vec::with_capacity(diff_ids.len());
-        for (desc, diff_id) in manifest.layers.iter().zip(diff_ids) {
-            let diff_id = Digest::parse(diff_id)
-                .ok_or_else(|| invalid(format!("unsupported diff_id {diff_id:?}")))?;
-            let job = LayerJob {
-                image,
-                client: &client,
-                desc,
-                diff_id,
-                opts,
-            };
-            layer_dirs.push(self.ensure_layer(job).await?);
-        }
+        let parsed = diff_ids
+            .iter()
+            .map(|d| Digest::parse(d).ok_or_else(|| invalid(format!("unsupported diff_id {d:?}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let pins = Pins::new(&self.cache, parsed.clone());
+        let mut added = Vec::new();
+        let layers = self
+            .ensure_layers(image, &resolved, &client, opts, &parsed, &mut added)
+            .await;
+        let layer_dirs = match layers {
+            Ok(dirs) => dirs,
+            Err(e) => {
+                self.remove_unused(&added).await;
+                drop(pins);
+                return Err(e);
+            }
+        };
+        drop(pins);
         let stored = StoredImage {
             reference: image.to_string(),
             manifest_digest: resolved.digest.to_string(),
@@ -302,8 +373,127 @@ impl ImageStore {
         }))
     }
 
-    /// Make sure the layer is in the cache: one download per diff_id at a time.
-    async fn ensure_layer(&self, job: LayerJob<'_>) -> Result<PathBuf> {
+    /// Every layer of `manifest` in the cache, bottom first, the image's totals checked
+    /// against the limits; the layers this call unpacked are pushed to `added`.
+    async fn ensure_layers(
+        &self,
+        image: &Reference,
+        resolved: &crate::registry::ResolvedManifest,
+        client: &RegistryClient,
+        opts: &PullOptions,
+        diff_ids: &[Digest],
+        added: &mut Vec<Digest>,
+    ) -> Result<Vec<PathBuf>> {
+        let limits = &opts.limits;
+        let mut dirs = Vec::with_capacity(diff_ids.len());
+        let mut total = LayerStats::default();
+        for (desc, diff_id) in resolved.manifest.layers.iter().zip(diff_ids) {
+            let job = LayerJob {
+                image,
+                client,
+                desc,
+                diff_id: diff_id.clone(),
+                opts,
+                image_before: total,
+            };
+            let (dir, stats, new) = self.ensure_layer(job).await?;
+            if new {
+                added.push(diff_id.clone());
+            }
+            dirs.push(dir);
+            total.bytes = total.bytes.saturating_add(stats.bytes);
+            total.entries = total.entries.saturating_add(stats.entries);
+            // A new layer was checked while it streamed; a cached one is checked here.
+            let over = [
+                (
+                    Limit::ImageUncompressed,
+                    limits.max_image_uncompressed_bytes,
+                    total.bytes,
+                ),
+                (Limit::ImageEntries, limits.max_image_entries, total.entries),
+            ]
+            .into_iter()
+            .find(|(_, max, value)| value > max);
+            if let Some((limit, max, value)) = over {
+                return Err(ImageError::LimitExceeded {
+                    image: image.to_string(),
+                    what: "image".into(),
+                    digest: resolved.digest.to_string(),
+                    limit,
+                    max,
+                    value,
+                    entry: None,
+                });
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// After a failed pull: remove the layers it added that no other pull in flight and
+    /// no stored image uses (a verified layer is harmless, but the pull's bytes should
+    /// not stay charged to the cache).
+    async fn remove_unused(&self, added: &[Digest]) {
+        for d in added {
+            let lock = self.lock_for(&d.to_string());
+            let _guard = lock.lock().await;
+            let others = locked(&self.cache.pins).get(d).copied().unwrap_or(0) > 1;
+            if others || self.stored_images_use(d) {
+                continue;
+            }
+            let dir = self.layer_dir(d);
+            match unpack::remove_tree(&dir) {
+                Ok(()) => {
+                    if let Some(stats) = locked(&self.cache.layers).remove(d) {
+                        self.cache.bytes.fetch_sub(stats.bytes, Ordering::SeqCst);
+                    }
+                    tracing::info!(layer = %d, "removed a layer of a failed pull");
+                }
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "could not remove a layer of a failed pull")
+                }
+            }
+        }
+    }
+
+    /// Whether the metadata of a stored image lists `diff_id`.
+    fn stored_images_use(&self, diff_id: &Digest) -> bool {
+        let needle = diff_id.to_string();
+        for algo in ["sha256", "sha512"] {
+            let Ok(dir) = std::fs::read_dir(self.root.join("images").join(algo)) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let stored = std::fs::read(&path)
+                    .ok()
+                    .and_then(|data| serde_json::from_slice::<StoredImage>(&data).ok());
+                match stored {
+                    Some(s) if !s.diff_ids.contains(&needle) => {}
+                    // In use, or unreadable: keep the layer.
+                    _ => return true,
+                }
+            }
+        }
+        false
+    }
+
+    /// The stats of a cached layer (measured once if this store did not unpack it).
+    fn cached_stats(&self, diff_id: &Digest, dir: &Path) -> LayerStats {
+        if let Some(s) = locked(&self.cache.layers).get(diff_id) {
+            return *s;
+        }
+        let stats = measure_layer(dir);
+        locked(&self.cache.layers).insert(diff_id.clone(), stats);
+        self.cache.bytes.fetch_add(stats.bytes, Ordering::SeqCst);
+        stats
+    }
+
+    /// Make sure the layer is in the cache: one download per diff_id at a time. Returns
+    /// its directory, its stats, and whether this call unpacked it.
+    async fn ensure_layer(&self, job: LayerJob<'_>) -> Result<(PathBuf, LayerStats, bool)> {
         let image = job.image;
         let digest = descriptor_digest(image, job.desc, "layer")?;
         let size = descriptor_size(image, job.desc, "layer")?;
@@ -312,7 +502,8 @@ impl ImageStore {
         let _guard = lock.lock().await;
         if dest.is_dir() {
             tracing::debug!(%image, layer = %digest, "layer cached");
-            return Ok(dest);
+            let stats = self.cached_stats(&job.diff_id, &dest);
+            return Ok((dest, stats, false));
         }
 
         let key = if decrypt::is_encrypted(job.desc) {
@@ -364,6 +555,9 @@ impl ImageStore {
                 unpack: job.opts.unpack.clone(),
                 dest: tmp.clone(),
                 read_timeout_secs: self.registry.read_timeout.as_secs(),
+                limits: job.opts.limits.clone(),
+                image_before: job.image_before,
+                cache: self.cache.clone(),
             };
             tokio::task::spawn_blocking(move || run_pipeline(reader, ctx))
                 .await
@@ -374,10 +568,14 @@ impl ImageStore {
         }
         .await;
         match result {
-            Ok(()) => match std::fs::rename(&tmp, &dest) {
-                Ok(()) => Ok(dest),
+            Ok(stats) => match std::fs::rename(&tmp, &dest) {
+                Ok(()) => {
+                    locked(&self.cache.layers).insert(job.diff_id.clone(), stats);
+                    Ok((dest, stats, true))
+                }
                 Err(e) => {
                     let _ = unpack::remove_tree(&tmp);
+                    self.cache.bytes.fetch_sub(stats.bytes, Ordering::SeqCst);
                     Err(ImageError::io(image, "renaming layer into", &dest, e))
                 }
             },
@@ -389,6 +587,106 @@ impl ImageStore {
             }
         }
     }
+}
+
+/// The limits a manifest is held to before anything is fetched: the layer count, each
+/// layer's declared size, and their sum (the blob reader refuses more than declared).
+fn check_manifest_limits(
+    image: &Reference,
+    manifest_digest: &Digest,
+    manifest: &oci_client::manifest::OciImageManifest,
+    limits: &PullLimits,
+) -> Result<()> {
+    let exceeded = |what: &str, digest: String, limit, max, value| ImageError::LimitExceeded {
+        image: image.to_string(),
+        what: what.into(),
+        digest,
+        limit,
+        max,
+        value,
+        entry: None,
+    };
+    let count = manifest.layers.len() as u64;
+    if count > limits.max_layers {
+        let d = manifest_digest.to_string();
+        return Err(exceeded(
+            "image",
+            d,
+            Limit::Layers,
+            limits.max_layers,
+            count,
+        ));
+    }
+    let mut total = 0u64;
+    for desc in &manifest.layers {
+        let size = descriptor_size(image, desc, "layer")?;
+        if size > limits.max_layer_compressed_bytes {
+            let (max, d) = (limits.max_layer_compressed_bytes, desc.digest.clone());
+            return Err(exceeded("layer", d, Limit::LayerCompressed, max, size));
+        }
+        total = total.saturating_add(size);
+    }
+    if total > limits.max_image_compressed_bytes {
+        let (max, d) = (
+            limits.max_image_compressed_bytes,
+            manifest_digest.to_string(),
+        );
+        return Err(exceeded("image", d, Limit::ImageCompressed, max, total));
+    }
+    Ok(())
+}
+
+/// The cache as found on disk when a store opens: every layer measured.
+fn scan_cache(root: &Path) -> Result<CacheState> {
+    let state = CacheState::default();
+    for algo in ["sha256", "sha512"] {
+        let dir = root.join("layers").join(algo);
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| ImageError::io("image store", "reading", &dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(d) = name
+                .to_str()
+                .and_then(|h| Digest::parse(&format!("{algo}:{h}")))
+            else {
+                continue;
+            };
+            let stats = measure_layer(&entry.path());
+            state.bytes.fetch_add(stats.bytes, Ordering::SeqCst);
+            locked(&state.layers).insert(d, stats);
+        }
+    }
+    Ok(state)
+}
+
+/// A layer directory measured the way its tar stream was counted: a 512-byte header per
+/// entry, file data rounded up to 512-byte records (without walking into symlinks).
+fn measure_layer(dir: &Path) -> LayerStats {
+    let mut stats = LayerStats::default();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(md) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            stats.entries += 1;
+            stats.bytes = stats
+                .bytes
+                .saturating_add(512)
+                .saturating_add(if md.is_file() {
+                    md.len().div_ceil(512) * 512
+                } else {
+                    0
+                });
+            if md.is_dir() {
+                todo.push(entry.path());
+            }
+        }
+    }
+    stats
 }
 
 static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -418,12 +716,18 @@ struct PipelineCtx {
     unpack: UnpackOptions,
     dest: PathBuf,
     read_timeout_secs: u64,
+    limits: PullLimits,
+    image_before: LayerStats,
+    cache: Arc<CacheState>,
 }
 
 impl PipelineCtx {
     fn layer_err(&self, context: &str, source: io::Error) -> ImageError {
         if let Some(check) = BlobCheck::from_io(&source) {
             return self.check_err(check);
+        }
+        if let Some(hit) = LimitHit::from_io(&source) {
+            return self.limit_err(hit, None);
         }
         if source
             .get_ref()
@@ -459,6 +763,18 @@ impl PipelineCtx {
         }
     }
 
+    fn limit_err(&self, hit: &LimitHit, entry: Option<String>) -> ImageError {
+        ImageError::LimitExceeded {
+            image: self.image.clone(),
+            what: "layer".into(),
+            digest: self.digest.to_string(),
+            limit: hit.limit,
+            max: hit.max,
+            value: hit.value,
+            entry,
+        }
+    }
+
     fn check_err(&self, check: &BlobCheck) -> ImageError {
         match check {
             BlobCheck::Digest { actual } => ImageError::DigestMismatch {
@@ -485,9 +801,21 @@ impl PipelineCtx {
     }
 }
 
-/// registry body → digest/size check → decrypt → decompress → diff_id → unpack, then every
-/// stream drained to its end so each check really ran.
-fn run_pipeline<R: Read>(body: R, ctx: PipelineCtx) -> Result<()> {
+/// registry body → digest/size check → decrypt → decompress → limits → diff_id → unpack,
+/// then every stream drained to its end so each check really ran. On failure the bytes
+/// charged to the cache are refunded (the caller removes the directory).
+fn run_pipeline<R: Read>(body: R, ctx: PipelineCtx) -> Result<LayerStats> {
+    let meter = LayerMeter::new(&ctx.limits, ctx.image_before, &ctx.cache.bytes);
+    let result = run_metered(body, &ctx, &meter);
+    if result.is_err() {
+        ctx.cache
+            .bytes
+            .fetch_sub(meter.stats().bytes, Ordering::SeqCst);
+    }
+    result.map(|()| meter.stats())
+}
+
+fn run_metered<R: Read>(body: R, ctx: &PipelineCtx, meter: &LayerMeter<'_>) -> Result<()> {
     let mut blob = VerifyingReader::new(body, ctx.digest.clone(), ctx.size);
     let inner: Result<Digest> = (|| {
         let mut plain: Box<dyn Read + '_> = match &ctx.key {
@@ -505,9 +833,11 @@ fn run_pipeline<R: Read>(body: R, ctx: PipelineCtx) -> Result<()> {
                         .map_err(|e| ctx.layer_err("starting zstd", e))?,
                 ),
             };
-            let mut hashed = HashingReader::new(decompressed, ctx.diff_id.algorithm());
-            unpack::unpack(&mut hashed, &ctx.dest, &ctx.unpack).map_err(|e| match e {
+            let metered = MeteredReader::new(decompressed, meter);
+            let mut hashed = HashingReader::new(metered, ctx.diff_id.algorithm());
+            unpack::unpack(&mut hashed, &ctx.dest, &ctx.unpack, meter).map_err(|e| match e {
                 UnpackError::Stream(e) => ctx.layer_err("reading the layer", e),
+                UnpackError::Limit { entry, hit } => ctx.limit_err(&hit, Some(entry)),
                 UnpackError::Unsafe { entry, reason } => ImageError::UnsafeEntry {
                     image: ctx.image.clone(),
                     digest: ctx.digest.to_string(),
@@ -533,6 +863,11 @@ fn run_pipeline<R: Read>(body: R, ctx: PipelineCtx) -> Result<()> {
             .map_err(|e| ctx.layer_err("reading to the end of the blob", e))?;
         Ok(actual)
     })();
+    // A limit refuses the layer whatever its digest: do not fetch the rest of it.
+    let inner = match inner {
+        Err(e @ ImageError::LimitExceeded { .. }) => return Err(e),
+        other => other,
+    };
     // Whatever happened above, the blob's own digest decides first: a tampered blob is
     // reported as such, not as the decompression error it caused.
     let drained = io::copy(&mut blob, &mut io::sink());

@@ -20,6 +20,8 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use crate::limits::{LayerMeter, LimitHit};
+
 /// What the unpacker accepts beyond regular content.
 #[derive(Debug, Clone, Default)]
 pub struct UnpackOptions {
@@ -41,6 +43,8 @@ pub(crate) enum UnpackError {
     /// Reading the archive stream failed (this includes blob, decryption and
     /// decompression errors from the readers below the tar parser).
     Stream(io::Error),
+    /// An entry count or path limit was hit.
+    Limit { entry: String, hit: LimitHit },
 }
 
 type UResult<T> = Result<T, UnpackError>;
@@ -70,6 +74,7 @@ struct Meta {
 struct Unpacker<'a> {
     root: OwnedFd,
     opts: &'a UnpackOptions,
+    meter: &'a LayerMeter<'a>,
     entry: String,
     /// Directories whose mtime is set once all entries are written.
     dirs: Vec<(Vec<OsString>, Timespec)>,
@@ -77,9 +82,15 @@ struct Unpacker<'a> {
     cached_parent: Option<(Vec<OsString>, OwnedFd)>,
 }
 
-/// Unpack the tar stream `reader` into the existing empty directory `dest`.
+/// Unpack the tar stream `reader` into the existing empty directory `dest`, counting
+/// entries (and the zeros of sparse holes) on `meter` and checking path limits.
 /// Does not read past the archive's end marker: the caller drains the stream.
-pub(crate) fn unpack<R: Read>(reader: R, dest: &Path, opts: &UnpackOptions) -> UResult<()> {
+pub(crate) fn unpack<R: Read>(
+    reader: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+    meter: &LayerMeter<'_>,
+) -> UResult<()> {
     let root = rustix::fs::open(dest, dir_flags(), Mode::empty()).map_err(|e| UnpackError::Fs {
         entry: String::new(),
         context: "opening the layer directory",
@@ -88,6 +99,7 @@ pub(crate) fn unpack<R: Read>(reader: R, dest: &Path, opts: &UnpackOptions) -> U
     let mut u = Unpacker {
         root,
         opts,
+        meter,
         entry: String::new(),
         dirs: Vec::new(),
         cached_parent: None,
@@ -125,6 +137,20 @@ impl Unpacker<'_> {
             entry: self.entry.clone(),
             reason: reason.into(),
         }
+    }
+
+    fn limit(&self, hit: LimitHit) -> UnpackError {
+        UnpackError::Limit {
+            entry: self.entry.clone(),
+            hit,
+        }
+    }
+
+    /// A link target's length against the path limit.
+    fn check_link(&self, target: &[u8]) -> UResult<()> {
+        self.meter
+            .check_path(None, target.len())
+            .map_err(|hit| self.limit(hit))
     }
 
     fn fs(&self, context: &'static str, e: impl Into<io::Error>) -> UnpackError {
@@ -304,6 +330,22 @@ impl Unpacker<'_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> UResult<()> {
         let raw = entry.path_bytes().into_owned();
         self.entry = String::from_utf8_lossy(&raw).into_owned();
+        if self.entry.len() > 256 {
+            let mut end = 256;
+            while !self.entry.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.entry.truncate(end);
+            self.entry.push('…');
+        }
+        self.meter.charge_entry().map_err(|hit| self.limit(hit))?;
+        let depth = Path::new(OsStr::from_bytes(&raw))
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .count();
+        self.meter
+            .check_path(Some(depth), raw.len())
+            .map_err(|hit| self.limit(hit))?;
         let kind = entry.header().entry_type();
         if matches!(
             kind,
@@ -390,6 +432,15 @@ impl Unpacker<'_> {
                 self.dirs.push((path, meta.mtime));
             }
             T::Regular | T::Continuous | T::GNUSparse => {
+                // A sparse entry expands to more than its archive bytes: the zeros of its
+                // holes are written too, so they count like decompressed bytes.
+                let archived = entry.header().entry_size().map_err(UnpackError::Stream)?;
+                let holes = entry.size().saturating_sub(archived);
+                if holes > 0 {
+                    self.meter
+                        .charge_bytes(holes)
+                        .map_err(|hit| self.limit(hit))?;
+                }
                 if existing.is_some() {
                     self.remove(&parent, name)?;
                 }
@@ -416,6 +467,7 @@ impl Unpacker<'_> {
                     .link_name_bytes()
                     .ok_or_else(|| self.unsafe_entry("symlink without a target"))?
                     .into_owned();
+                self.check_link(&target)?;
                 if existing.is_some() {
                     self.remove(&parent, name)?;
                 }
@@ -429,6 +481,7 @@ impl Unpacker<'_> {
                     .link_name_bytes()
                     .ok_or_else(|| self.unsafe_entry("hardlink without a target"))?
                     .into_owned();
+                self.check_link(&target)?;
                 let tcomps = sanitize(self, Path::new(OsStr::from_bytes(&target)))
                     .map_err(|_| self.unsafe_entry("hardlink target outside the layer"))?;
                 let Some((tname, tparent)) = tcomps.split_last() else {
@@ -551,7 +604,11 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
     })
 }
 
-/// `rm -rf parent/name` without following symlinks.
+/// `rm -rf parent/name` without following symlinks. Iterative, holding one directory fd
+/// at a time (a layer's real depth is not bounded by its entries' path depth: paths may
+/// run through symlinks into deeper directories), so neither the stack nor the fd table
+/// grows with the depth: it descends into the first subdirectory found, and climbs back
+/// through `..` once a directory is empty.
 fn remove_all_at(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
     let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
@@ -561,19 +618,39 @@ fn remove_all_at(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return Ok(rustix::fs::unlinkat(parent, name, AtFlags::empty())?);
     }
-    let dir = rustix::fs::openat(parent, name, dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
-    let mut names = Vec::new();
-    for ent in Dir::read_from(&dir)? {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(OsStr::from_bytes(n).to_os_string());
+    let mut dir = rustix::fs::openat(parent, name, dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
+    // Names of the directories between `parent/name` (exclusive) and `dir`.
+    let mut path: Vec<OsString> = Vec::new();
+    loop {
+        let mut subdir = None;
+        for ent in Dir::read_from(&dir)? {
+            let ent = ent?;
+            let n = OsStr::from_bytes(ent.file_name().to_bytes());
+            if n == "." || n == ".." {
+                continue;
+            }
+            let st = rustix::fs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                subdir = Some(n.to_os_string());
+                break;
+            }
+            rustix::fs::unlinkat(&dir, n, AtFlags::empty())?;
         }
+        if let Some(n) = subdir {
+            dir = rustix::fs::openat(&dir, &n, dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
+            path.push(n);
+            continue;
+        }
+        // `dir` is empty: remove it from its parent and go on there.
+        let Some(n) = path.pop() else {
+            drop(dir);
+            return Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?);
+        };
+        let up = rustix::fs::openat(&dir, "..", dir_flags() | OFlags::NOFOLLOW, Mode::empty())?;
+        drop(dir);
+        rustix::fs::unlinkat(&up, &n, AtFlags::REMOVEDIR)?;
+        dir = up;
     }
-    for n in names {
-        remove_all_at(&dir, &n)?;
-    }
-    Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
 }
 
 /// Remove a directory tree (a failed or replaced layer dir) without following symlinks.
@@ -589,6 +666,8 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::limits::{LayerStats, Limit, PullLimits};
+    use std::sync::atomic::AtomicU64;
 
     /// One raw tar entry; names are written verbatim (no validation by the tar crate).
     fn add(
@@ -620,6 +699,14 @@ mod tests {
         entries: &[(tar::EntryType, &str, &str)],
         opts: &UnpackOptions,
     ) -> (tempfile::TempDir, UResult<()>) {
+        run_limited(entries, opts, &PullLimits::default())
+    }
+
+    fn run_limited(
+        entries: &[(tar::EntryType, &str, &str)],
+        opts: &UnpackOptions,
+        limits: &PullLimits,
+    ) -> (tempfile::TempDir, UResult<()>) {
         let outer = tempfile::tempdir().unwrap();
         let dest = outer.path().join("layer");
         std::fs::create_dir(&dest).unwrap();
@@ -638,8 +725,68 @@ mod tests {
             );
         }
         let tar = b.into_inner().unwrap();
-        let r = unpack(&tar[..], &dest, opts);
+        let cache = AtomicU64::new(0);
+        let meter = LayerMeter::new(limits, LayerStats::default(), &cache);
+        let r = unpack(&tar[..], &dest, opts, &meter);
         (outer, r)
+    }
+
+    fn limit_hit(entries: &[(tar::EntryType, &str, &str)], limits: PullLimits, bad: &str) -> Limit {
+        let (_outer, r) = run_limited(entries, &UnpackOptions::default(), &limits);
+        match r {
+            Err(UnpackError::Limit { entry, hit }) => {
+                assert_eq!(entry, bad, "{hit}");
+                hit.limit
+            }
+            Err(e) => panic!("{bad}: wrong error {e:?}"),
+            Ok(()) => panic!("{bad}: accepted"),
+        }
+    }
+
+    #[test]
+    fn entry_count_and_paths_are_limited() {
+        let few = PullLimits {
+            max_layer_entries: 2,
+            ..PullLimits::default()
+        };
+        let files = [
+            (T::Regular, "a", ""),
+            (T::Regular, "b", ""),
+            (T::Regular, "c", ""),
+        ];
+        assert_eq!(limit_hit(&files, few.clone(), "c"), Limit::LayerEntries);
+        run_limited(&files[..2], &UnpackOptions::default(), &few)
+            .1
+            .unwrap();
+
+        let shallow = PullLimits {
+            max_path_depth: 3,
+            ..PullLimits::default()
+        };
+        run_limited(
+            &[(T::Regular, "a/b/c", "")],
+            &UnpackOptions::default(),
+            &shallow,
+        )
+        .1
+        .unwrap();
+        assert_eq!(
+            limit_hit(&[(T::Regular, "./a/b/c/d", "")], shallow, "./a/b/c/d"),
+            Limit::PathDepth
+        );
+
+        let short = PullLimits {
+            max_path_length: 8,
+            ..PullLimits::default()
+        };
+        assert_eq!(
+            limit_hit(&[(T::Regular, "123456789", "")], short.clone(), "123456789"),
+            Limit::PathLength
+        );
+        assert_eq!(
+            limit_hit(&[(T::Symlink, "s", "/123456789")], short, "s"),
+            Limit::PathLength
+        );
     }
 
     fn refused(entries: &[(tar::EntryType, &str, &str)], bad: &str) {
@@ -755,6 +902,35 @@ mod tests {
             &[(T::Symlink, "up", ".."), (T::Regular, "up/.wh.x", "")],
             "up/.wh.x",
         );
+    }
+
+    #[test]
+    fn removal_does_not_recurse_with_the_depth() {
+        let outer = tempfile::tempdir().unwrap();
+        let top = outer.path().join("layer");
+        std::fs::create_dir(&top).unwrap();
+        let mut fd = rustix::fs::open(&top, dir_flags(), Mode::empty()).unwrap();
+        for _ in 0..5000 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            std::fs::write(
+                format!("/proc/self/fd/{}/f", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+                b"x",
+            )
+            .unwrap();
+            rustix::fs::symlinkat("f", &fd, "s").unwrap();
+            fd = rustix::fs::openat(&fd, "d", dir_flags(), Mode::empty()).unwrap();
+        }
+        drop(fd);
+        // A recursive removal needs far more than 64 KiB of stack for 5000 levels.
+        let t = top.clone();
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || remove_tree(&t).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!top.exists());
+        assert_eq!(std::fs::read_dir(outer.path()).unwrap().count(), 0);
     }
 
     #[test]
