@@ -28,9 +28,13 @@ pub mod token;
 #[cfg(feature = "server")]
 mod config;
 #[cfg(feature = "server")]
+mod conn;
+#[cfg(feature = "server")]
 mod http;
 #[cfg(feature = "server")]
 mod policy;
+#[cfg(feature = "server")]
+mod sessions;
 #[cfg(feature = "server")]
 mod store;
 
@@ -39,7 +43,7 @@ pub use kbs_types;
 #[cfg(feature = "server")]
 pub use config::{ConfigError, ServerConfig};
 #[cfg(feature = "server")]
-pub use http::{tls_server_config, KbsServer, ServerError};
+pub use http::{nofile_limit, raise_nofile_limit, tls_server_config, KbsServer, ServerError};
 #[cfg(feature = "server")]
 pub use policy::{ResourcePolicy, ResourcePolicyError, DEFAULT_RESOURCE_POLICY};
 #[cfg(feature = "server")]
