@@ -42,10 +42,15 @@ async fn pinned_host_data_requires_init_data() {
     let (step, status, body) = flow(addr, &keys, &chain, M, hd, None).await.unwrap_err();
     assert_eq!((step, status), ("attest", 401), "{body}");
     let p: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(p["type"].as_str().unwrap().ends_with("/InitDataMissing"), "{body}");
+    assert!(
+        p["type"].as_str().unwrap().ends_with("/InitDataMissing"),
+        "{body}"
+    );
     let detail = p["detail"].as_str().unwrap();
     assert!(
-        detail.contains("`init-data`") && detail.contains("HOST_DATA") && detail.contains(&hex::encode(hd)),
+        detail.contains("`init-data`")
+            && detail.contains("HOST_DATA")
+            && detail.contains(&hex::encode(hd)),
         "{detail}"
     );
 
@@ -54,7 +59,10 @@ async fn pinned_host_data_requires_init_data() {
         .await
         .unwrap_err();
     assert_eq!((step, status), ("attest", 401), "{body}");
-    assert!(body.contains("init-data digest") && body.contains("does not match HOST_DATA"), "{body}");
+    assert!(
+        body.contains("init-data digest") && body.contains("does not match HOST_DATA"),
+        "{body}"
+    );
 
     // A guest launched without initdata (HOST_DATA all zero) has nothing to show.
     let ok = flow(addr, &keys, &chain, M, [0; 32], None).await.unwrap();
@@ -66,7 +74,10 @@ async fn pinned_host_data_requires_init_data() {
     for doc in [None, Some(OTHER)] {
         let (step, status, body) = flow(addr, &keys, &chain, M, other, doc).await.unwrap_err();
         assert_eq!((step, status), ("attest", 401), "{body}");
-        assert!(body.contains("HOST_DATA") && body.contains("is not one of"), "{body}");
+        assert!(
+            body.contains("HOST_DATA") && body.contains("is not one of"),
+            "{body}"
+        );
     }
 }
 
@@ -76,8 +87,14 @@ async fn any_host_data_needs_no_document_but_checks_one_that_is_sent() {
     let addr = start(kbs_config(dir.path(), M, "\"any\"")).await;
     let (keys, chain) = sim();
     let hd = host_data_of(DOC);
-    assert_eq!(flow(addr, &keys, &chain, M, hd, None).await.unwrap(), SECRET);
-    assert_eq!(flow(addr, &keys, &chain, M, hd, Some(DOC)).await.unwrap(), SECRET);
+    assert_eq!(
+        flow(addr, &keys, &chain, M, hd, None).await.unwrap(),
+        SECRET
+    );
+    assert_eq!(
+        flow(addr, &keys, &chain, M, hd, Some(DOC)).await.unwrap(),
+        SECRET
+    );
     let (_, status, body) = flow(addr, &keys, &chain, M, hd, Some(OTHER))
         .await
         .unwrap_err();
@@ -99,7 +116,10 @@ async fn the_policy_sees_the_checked_document() {
     let addr = start(cfg).await;
     let (keys, chain) = sim();
     let hd = host_data_of(DOC);
-    assert_eq!(flow(addr, &keys, &chain, M, hd, Some(DOC)).await.unwrap(), SECRET);
+    assert_eq!(
+        flow(addr, &keys, &chain, M, hd, Some(DOC)).await.unwrap(),
+        SECRET
+    );
     let (step, status, body) = flow(addr, &keys, &chain, M, hd, None).await.unwrap_err();
     assert_eq!((step, status), ("resource", 401), "{body}");
     assert!(body.contains("PolicyDeny"), "{body}");

@@ -63,9 +63,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("kata-cc-kbs: WARNING: allow_simulated = true, simulated TEEs are trusted");
     }
     let server = KbsServer::new(config).context("starting the KBS")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = kbs::server::listen(listen).with_context(|| format!("binding {listen}"))?;
     server
         .check_listener(&listener)
         .context("starting the KBS")?;

@@ -344,7 +344,9 @@ impl KbsServer {
         let slots = ConnSlots::new(max);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(self.state.cfg.header_timeout_secs.max(1)))
+            .header_read_timeout(Duration::from_secs(
+                self.state.cfg.header_timeout_secs.max(1),
+            ))
             .max_header_size(MAX_HEADER_BYTES);
         let mut accept_errors = AcceptErrors::default();
         loop {
@@ -406,6 +408,24 @@ impl KbsServer {
     }
 }
 
+/// Listen backlog of [`listen`] (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket for [`KbsServer::serve`] with a backlog of [`LISTEN_BACKLOG`]
+/// (tokio's `TcpListener::bind` uses 1024): a burst of connections that outruns
+/// `accept` for a moment then still fits, instead of the kernel dropping the handshakes
+/// of honest clients, who would retry only after a second.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// TLS handshake deadline.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request header (start line and fields); hyper answers 431 beyond it.
@@ -464,7 +484,12 @@ impl AcceptErrors {
         let one_of = |set: &[Errno]| errno.is_some_and(|n| set.contains(&n));
         let pause = if one_of(&[Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]) {
             Some(Duration::from_millis(50))
-        } else if one_of(&[Errno::CONNABORTED, Errno::CONNRESET, Errno::PROTO, Errno::PERM]) {
+        } else if one_of(&[
+            Errno::CONNABORTED,
+            Errno::CONNRESET,
+            Errno::PROTO,
+            Errno::PERM,
+        ]) {
             None
         } else {
             Some(Duration::from_millis(10))

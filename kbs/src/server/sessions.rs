@@ -299,6 +299,10 @@ mod tests {
             t.insert_pending(id(i), (), t0);
         }
         assert_eq!(t.counts().pending, 50_000);
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

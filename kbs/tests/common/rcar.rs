@@ -37,7 +37,7 @@ pub fn kbs_config(dir: &std::path::Path, measurement: [u8; 48], host_data: &str)
 /// Serves `cfg` on a loopback port of the current runtime.
 pub async fn start(cfg: ServerConfig) -> SocketAddr {
     let server = KbsServer::new(cfg).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = kbs::server::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(server.serve(l));
     addr
@@ -113,6 +113,21 @@ pub async fn flow(
     host_data: [u8; 32],
     init_data: Option<&str>,
 ) -> Result<Vec<u8>, Refused> {
+    flow_timed(addr, keys, chain, measurement, host_data, init_data)
+        .await
+        .map(|(secret, _)| secret)
+}
+
+/// [`flow`], also returning the time spent in the client's own work (TEE key, signing
+/// the simulated report, decrypting the JWE) rather than waiting for the KBS.
+pub async fn flow_timed(
+    addr: SocketAddr,
+    keys: &SimKeys,
+    chain: &SimChain,
+    measurement: [u8; 48],
+    host_data: [u8; 32],
+    init_data: Option<&str>,
+) -> Result<(Vec<u8>, std::time::Duration), Refused> {
     let refused = |step, s, b: &[u8]| (step, s, String::from_utf8_lossy(b).into_owned());
     let (s, head, body) = request(addr, "POST", "/kbs/v0/auth", None, AUTH_BODY.as_bytes())
         .await
@@ -128,10 +143,16 @@ pub async fn flow(
         .to_owned();
     let challenge: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let nonce = challenge["nonce"].as_str().unwrap().to_owned();
+    let t = std::time::Instant::now();
     let tee_key = TeeKeyPair::generate_ec();
     let jwk = tee_key.public_jwk().unwrap();
     let rd = binding::report_data(&nonce, &jwk, "").unwrap();
-    let evidence = produce(&SimReportInput::new(measurement, host_data, rd), keys, chain);
+    let evidence = produce(
+        &SimReportInput::new(measurement, host_data, rd),
+        keys,
+        chain,
+    );
+    let mut client_time = t.elapsed();
     let attest = serde_json::json!({
         "init-data": init_data.map(|body| serde_json::json!({"format": "toml", "body": body})),
         "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
@@ -162,5 +183,8 @@ pub async fn flow(
         return Err(refused("resource", s, &body));
     }
     let jwe: FlattenedJwe = serde_json::from_slice(&body).unwrap();
-    Ok(tee_key.decrypt(&jwe).unwrap())
+    let t = std::time::Instant::now();
+    let secret = tee_key.decrypt(&jwe).unwrap();
+    client_time += t.elapsed();
+    Ok((secret, client_time))
 }
