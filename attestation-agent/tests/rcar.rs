@@ -13,7 +13,9 @@ use kbs::server::{KbsServer, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const M: [u8; 48] = [0x4D; 48];
-const H: [u8; 32] = [0x48; 32];
+/// HOST_DATA of a guest launched without initdata (all zero): the KBS then needs no
+/// `init-data`; a non-zero HOST_DATA pinned by the reference values requires it.
+const H: [u8; 32] = [0; 32];
 const ADMIN: &str = "admin-secret";
 
 struct Kbs {

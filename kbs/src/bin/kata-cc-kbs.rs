@@ -31,6 +31,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Every client connection is a file descriptor: take all the kernel allows us.
+    match kbs::server::raise_nofile_limit() {
+        Ok((soft, _)) => eprintln!("kata-cc-kbs: RLIMIT_NOFILE {soft}"),
+        Err(e) => eprintln!("kata-cc-kbs: cannot raise RLIMIT_NOFILE: {e}"),
+    }
     let mut config = ServerConfig::load(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
     if let Some(l) = args.listen {
@@ -58,9 +63,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("kata-cc-kbs: WARNING: allow_simulated = true, simulated TEEs are trusted");
     }
     let server = KbsServer::new(config).context("starting the KBS")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = kbs::server::listen(listen).with_context(|| format!("binding {listen}"))?;
     server
         .check_listener(&listener)
         .context("starting the KBS")?;

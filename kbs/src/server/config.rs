@@ -16,6 +16,12 @@
 //! session_timeout_secs = 300
 //! token_lifetime_secs = 300
 //! max_body_bytes = 1048576
+//! # Limits against floods (see docs/attestation.md, "KBS limits"):
+//! max_pending_sessions = 10000  # challenge-only sessions; the oldest is evicted when full
+//! max_attested_sessions = 10000 # attested sessions; the oldest is evicted when full
+//! max_connections = 4096        # open connections; idle ones are evicted when full
+//! header_timeout_secs = 10      # to receive a request's header (also the keep-alive idle time)
+//! body_timeout_secs = 10        # to receive a request's body
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +62,26 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Most challenge-only sessions (issued by `/auth`, not yet attested). When full, the
+    /// oldest is evicted: new clients are never refused.
+    #[serde(default = "default_max_sessions")]
+    pub max_pending_sessions: usize,
+    /// Most attested sessions. When full, the oldest is evicted (its client can attest
+    /// again, or use its token).
+    #[serde(default = "default_max_sessions")]
+    pub max_attested_sessions: usize,
+    /// Most connections open at once (lowered to fit `RLIMIT_NOFILE`). When full, the
+    /// connection idle longest (no request in progress) is closed for the new one; with
+    /// none idle, the new connection is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a complete request header, seconds, from the connection
+    /// (or the previous response on a keep-alive connection).
+    #[serde(default = "default_io_timeout")]
+    pub header_timeout_secs: u64,
+    /// Time a client has to send a complete request body, seconds.
+    #[serde(default = "default_io_timeout")]
+    pub body_timeout_secs: u64,
     /// TLS certificate chain (PEM, leaf first); with `tls_key` the server speaks HTTPS.
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
@@ -86,6 +112,15 @@ fn default_timeout() -> u64 {
 }
 fn default_max_body() -> usize {
     1 << 20
+}
+fn default_max_sessions() -> usize {
+    10_000
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_io_timeout() -> u64 {
+    10
 }
 
 /// Why the configuration cannot be loaded.
@@ -119,6 +154,11 @@ impl ServerConfig {
             session_timeout_secs: default_timeout(),
             token_lifetime_secs: default_timeout(),
             max_body_bytes: default_max_body(),
+            max_pending_sessions: default_max_sessions(),
+            max_attested_sessions: default_max_sessions(),
+            max_connections: default_max_connections(),
+            header_timeout_secs: default_io_timeout(),
+            body_timeout_secs: default_io_timeout(),
             tls_cert: None,
             tls_key: None,
             insecure_http: false,

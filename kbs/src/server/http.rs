@@ -2,7 +2,6 @@
 //! configuration names a certificate and key, plain HTTP otherwise (loopback only
 //! unless `insecure_http`).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +13,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use kbs_types::{Attestation, TeePubKey};
 use protocols::initdata;
 use rand_core::{OsRng, RngCore};
@@ -26,19 +25,18 @@ use tokio_rustls::TlsAcceptor;
 
 use super::binding::{self, PROTOCOL_VERSION};
 use super::config::ServerConfig;
+use super::conn::ConnSlots;
 use super::jwe;
 use super::policy::{ResourcePolicy, ResourcePolicyError, DEFAULT_RESOURCE_POLICY};
 use super::problem::Problem;
+use super::sessions::{Lookup, SessionTable};
 use super::store::{ResourcePath, ResourceStore, StoreError};
 use super::token::{TokenKeyError, TokenSigner, ISSUER};
 use super::SESSION_COOKIE;
 use crate::{
-    Claims, ReferenceError, ReferenceValues, SimVerifier, SnpError, SnpVerifier,
+    Allowed, Claims, ReferenceError, ReferenceValues, SimVerifier, SnpError, SnpVerifier,
     TdxCollateralStore, TdxError, TdxVerifier, TeeKind, Verifier,
 };
-
-/// Most sessions kept at once (older expired ones are pruned first).
-const MAX_SESSIONS: usize = 100_000;
 
 /// Why the server cannot start or stops.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +99,6 @@ struct Attested {
 struct Session {
     tee: TeeKind,
     nonce: String,
-    created: Instant,
     nonce_used: bool,
     attested: Option<Arc<Attested>>,
 }
@@ -110,7 +107,7 @@ struct State {
     cfg: ServerConfig,
     verifiers: Vec<Box<dyn Verifier>>,
     reference: RwLock<ReferenceValues>,
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Mutex<SessionTable<Session>>,
     store: ResourceStore,
     policy: ResourcePolicy,
     signer: TokenSigner,
@@ -288,6 +285,11 @@ impl KbsServer {
             (None, None) => None,
             _ => return Err(ServerError::TlsHalfConfigured),
         };
+        let sessions = SessionTable::new(
+            Duration::from_secs(cfg.session_timeout_secs),
+            cfg.max_pending_sessions,
+            cfg.max_attested_sessions,
+        );
         Ok(Self {
             tls,
             state: Arc::new(State {
@@ -295,7 +297,7 @@ impl KbsServer {
                 cfg,
                 verifiers,
                 reference: RwLock::new(reference),
-                sessions: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(sessions),
                 policy,
                 signer,
             }),
@@ -328,35 +330,187 @@ impl KbsServer {
         Ok(())
     }
 
-    /// Serves HTTP/1 connections (over TLS when configured) from `listener` until an
-    /// accept error. Plain HTTP on a non-loopback address needs `insecure_http`.
+    /// Serves HTTP/1 connections (over TLS when configured) from `listener`; returns only
+    /// when the listener is refused (plain HTTP on a non-loopback address needs
+    /// `insecure_http`). Accept errors (out of file descriptors, aborted connections…)
+    /// are logged and retried: they never stop the server.
+    ///
+    /// At most `max_connections` connections are open (lowered to fit the process's
+    /// `RLIMIT_NOFILE`); when full, the connection idle longest gives way (see
+    /// `docs/attestation.md`, "KBS limits").
     pub async fn serve(self, listener: TcpListener) -> Result<(), ServerError> {
         self.check_listener(&listener)?;
+        let max = fd_budget(self.state.cfg.max_connections);
+        let slots = ConnSlots::new(max);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(
+                self.state.cfg.header_timeout_secs.max(1),
+            ))
+            .max_header_size(MAX_HEADER_BYTES);
+        let mut accept_errors = AcceptErrors::default();
         loop {
-            let (stream, _) = listener.accept().await.map_err(ServerError::Accept)?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_errors.backoff(&e).await;
+                    continue;
+                }
+            };
+            // Full of connections that are all inside a request: close this one now.
+            let Some(slot) = slots.admit() else {
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
+            let slot = Arc::new(slot);
             let state = self.state.clone();
             let tls = self.tls.clone();
+            let http = http.clone();
             tokio::spawn(async move {
+                let kill = slot.kill.clone();
+                let svc_slot = slot.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(state, req).await) }
+                    let slot = svc_slot.clone();
+                    async move {
+                        slot.busy();
+                        let r = handle(state, req).await;
+                        slot.idle();
+                        Ok::<_, Infallible>(r)
+                    }
                 });
-                let http = hyper::server::conn::http1::Builder::new();
                 // A failed handshake or broken connection concerns only its client.
-                match tls {
-                    Some(acceptor) => {
-                        let handshake =
-                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                        if let Ok(Ok(s)) = handshake.await {
-                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                let conn = async {
+                    match tls {
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                TLS_HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            );
+                            if let Ok(Ok(s)) = handshake.await {
+                                let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
                         }
                     }
-                    None => {
-                        let _ = http.serve_connection(TokioIo::new(stream), svc).await;
-                    }
+                };
+                // Evicted for a newer connection: drop it (the socket closes).
+                tokio::select! {
+                    () = conn => {}
+                    () = kill.notified() => {}
                 }
+                drop(slot);
             });
+        }
+    }
+}
+
+/// Listen backlog of [`listen`] (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket for [`KbsServer::serve`] with a backlog of [`LISTEN_BACKLOG`]
+/// (tokio's `TcpListener::bind` uses 1024): a burst of connections that outruns
+/// `accept` for a moment then still fits, instead of the kernel dropping the handshakes
+/// of honest clients, who would retry only after a second.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// TLS handshake deadline.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request header (start line and fields); hyper answers 431 beyond it.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// File descriptors kept free for everything but client connections (listener, store,
+/// reference values, VCEK cache, runtime).
+const RESERVED_FDS: u64 = 64;
+
+/// `max_connections`, lowered so that the connections fit in the soft `RLIMIT_NOFILE`.
+fn fd_budget(max_connections: usize) -> usize {
+    let Ok(soft) = nofile_limit().map(|(soft, _)| soft) else {
+        return max_connections;
+    };
+    let budget = usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+    if budget < max_connections {
+        eprintln!(
+            "kata-cc-kbs: max_connections {max_connections} lowered to {budget} (RLIMIT_NOFILE {soft})"
+        );
+        budget
+    } else {
+        max_connections
+    }
+}
+
+/// The process's (soft, hard) `RLIMIT_NOFILE`; `u64::MAX` for unlimited.
+pub fn nofile_limit() -> std::io::Result<(u64, u64)> {
+    let l = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    Ok((l.current.unwrap_or(u64::MAX), l.maximum.unwrap_or(u64::MAX)))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new (soft, hard).
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    let l = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let raised = rustix::process::Rlimit {
+        current: l.maximum,
+        maximum: l.maximum,
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, raised)?;
+    nofile_limit()
+}
+
+/// Backoff and rate-limited logging for `accept` errors.
+#[derive(Default)]
+struct AcceptErrors {
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// Out of descriptors or memory: wait 50 ms for connections to close. A connection
+    /// that failed before it was accepted (ECONNABORTED, …): go on at once. Anything
+    /// else: wait 10 ms (no busy loop).
+    async fn backoff(&mut self, e: &std::io::Error) {
+        use rustix::io::Errno;
+        let errno = Errno::from_io_error(e);
+        let one_of = |set: &[Errno]| errno.is_some_and(|n| set.contains(&n));
+        let pause = if one_of(&[Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]) {
+            Some(Duration::from_millis(50))
+        } else if one_of(&[
+            Errno::CONNABORTED,
+            Errno::CONNRESET,
+            Errno::PROTO,
+            Errno::PERM,
+        ]) {
+            None
+        } else {
+            Some(Duration::from_millis(10))
+        };
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            eprintln!(
+                "kata-cc-kbs: accept failed: {e} ({} more since the last message); retrying",
+                self.unlogged
+            );
+            self.last_log = Some(now);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        match pause {
+            Some(d) => tokio::time::sleep(d).await,
+            None => tokio::task::yield_now().await,
         }
     }
 }
@@ -408,10 +562,17 @@ async fn body(state: &State, req: Request<Incoming>) -> Result<Bytes, Fail> {
             return Err(too_large());
         }
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(Fail::bad_request(format!("cannot read body: {e}"))),
+    let timeout = Duration::from_secs(state.cfg.body_timeout_secs.max(1));
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect());
+    match read.await {
+        Err(_) => Err(Fail::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!("request body not received within {} s", timeout.as_secs()),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(Fail::bad_request(format!("cannot read body: {e}"))),
     }
 }
 
@@ -461,33 +622,21 @@ async fn auth(state: &State, req: Request<Incoming>) -> Result<Resp, Fail> {
     let mut id = [0u8; 16];
     OsRng.fill_bytes(&mut id);
     let id = hex::encode(id);
-    let timeout = Duration::from_secs(state.cfg.session_timeout_secs);
-    {
-        let mut s = state
-            .sessions
-            .lock()
-            .map_err(|_| Fail::internal("session table poisoned"))?;
-        if s.len() >= MAX_SESSIONS / 2 {
-            s.retain(|_, v| v.created.elapsed() < timeout);
-        }
-        if s.len() >= MAX_SESSIONS {
-            return Err(Fail::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "TooManySessions",
-                "too many open sessions",
-            ));
-        }
-        s.insert(
+    // A full table evicts its oldest challenge: a flood of /auth cannot refuse clients.
+    state
+        .sessions
+        .lock()
+        .map_err(|_| Fail::internal("session table poisoned"))?
+        .insert_pending(
             id.clone(),
             Session {
                 tee,
                 nonce: nonce.clone(),
-                created: Instant::now(),
                 nonce_used: false,
                 attested: None,
             },
+            Instant::now(),
         );
-    }
     let mut resp = json(
         StatusCode::OK,
         &serde_json::json!({"nonce": nonce, "extra-params": ""}),
@@ -515,15 +664,14 @@ fn with_session<T>(
         .sessions
         .lock()
         .map_err(|_| Fail::internal("session table poisoned"))?;
-    let timeout = Duration::from_secs(state.cfg.session_timeout_secs);
-    let Some(sess) = s.get_mut(id) else {
-        return Err(Fail::unauthorized("InvalidCookie", "unknown session"));
-    };
-    if sess.created.elapsed() >= timeout {
-        s.remove(id);
-        return Err(Fail::unauthorized("ExpiredCookie", "session expired"));
+    match s.get_mut(id, Instant::now()) {
+        Ok(sess) => f(sess),
+        Err(Lookup::Unknown) => Err(Fail::unauthorized(
+            "InvalidCookie",
+            "unknown session (never issued, expired or evicted): start again with /auth",
+        )),
+        Err(Lookup::Expired) => Err(Fail::unauthorized("ExpiredCookie", "session expired")),
     }
-    f(sess)
 }
 
 async fn attest(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Fail> {
@@ -562,6 +710,11 @@ async fn attest(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Fail
         r.allow_simulated = state.cfg.allow_simulated;
         r
     };
+    // Reference values that name the initdata digests (a list, not "any") expect it.
+    let expects_init_data = ExpectsInitData {
+        host_data: matches!(reference.host_data, Allowed::OneOf(_)),
+        mrconfigid: matches!(reference.mrconfigid, Allowed::OneOf(_)),
+    };
     let st = state.clone();
     let evidence = a.tee_evidence.primary_evidence;
     let verified = tokio::task::spawn_blocking(move || {
@@ -577,42 +730,12 @@ async fn attest(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Fail
     .map_err(|e| Fail::internal(format!("verifier task: {e}")))?;
     let claims: Claims = verified
         .map_err(|e| Fail::unauthorized("AttestationFailed", format!("attestation failed: {e}")))?;
-    if let Some(init) = &a.init_data {
-        if init.format != "toml" {
-            return Err(Fail::bad_request(format!(
-                "init-data format {:?} unsupported (toml)",
-                init.format
-            )));
-        }
-        // The digest is over the body as sent, with the algorithm it names.
-        let parsed = initdata::InitData::parse(&init.body)
-            .map_err(|e| Fail::bad_request(format!("init-data: {}", chain(&e))))?;
-        let d = initdata::digest(parsed.algorithm, init.body.as_bytes());
-        let (field, want, got) = match (&claims.snp, &claims.tdx) {
-            (Some(s), _) => (
-                "HOST_DATA",
-                initdata::host_data(&d).to_vec(),
-                s.host_data.0.to_vec(),
-            ),
-            (_, Some(t)) => (
-                "MRCONFIGID",
-                initdata::mrconfigid(&d).to_vec(),
-                t.mrconfigid.0.to_vec(),
-            ),
-            _ => return Err(Fail::internal("claims without TEE details")),
-        };
-        if want != got {
-            return Err(Fail::unauthorized(
-                "AttestationFailed",
-                format!(
-                    "attestation failed: init-data digest {} does not match {field} {}",
-                    hex::encode(want),
-                    hex::encode(got)
-                ),
-            ));
-        }
+    let init_data = check_init_data(a.init_data.as_ref(), &claims, expects_init_data)?;
+    let mut claims = serde_json::to_value(&claims).map_err(|e| Fail::internal(e.to_string()))?;
+    // For the resource policy (`input.claims.init_data`) and the token.
+    if let Some(obj) = claims.as_object_mut() {
+        obj.insert("init_data".into(), init_data);
     }
-    let claims = serde_json::to_value(&claims).map_err(|e| Fail::internal(e.to_string()))?;
     let now = now_secs();
     let token = state.signer.sign(&serde_json::json!({
         "iss": ISSUER,
@@ -625,11 +748,104 @@ async fn attest(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Fail
         claims,
         tee_pubkey: a.runtime_data.tee_pubkey,
     });
-    with_session(state, id.as_deref(), |s| {
-        s.attested = Some(attested);
-        Ok(())
-    })?;
+    // Moved to the attested class (kept apart from the challenges a flood of /auth
+    // evicts); stored even if its challenge was evicted during verification.
+    if let Some(id) = id {
+        state
+            .sessions
+            .lock()
+            .map_err(|_| Fail::internal("session table poisoned"))?
+            .insert_attested(
+                id,
+                Session {
+                    tee,
+                    nonce,
+                    nonce_used: true,
+                    attested: Some(attested),
+                },
+                Instant::now(),
+            );
+    }
     Ok(json(StatusCode::OK, &serde_json::json!({ "token": token })))
+}
+
+/// Which initdata fields the reference values pin.
+#[derive(Clone, Copy)]
+struct ExpectsInitData {
+    host_data: bool,
+    mrconfigid: bool,
+}
+
+/// The initdata check of `/attest`, after the verifier accepted the evidence (so the
+/// TEE's HOST_DATA / MRCONFIGID already matched the reference values).
+///
+/// * `init-data` sent: its digest (over the body as sent, with the algorithm it names)
+///   must equal the TEE's field.
+/// * not sent: refused when the reference values pin the field (a list, not `"any"`)
+///   and the TEE reports a non-zero value, i.e. the guest was launched with an initdata
+///   document the client did not show. An all-zero field means "launched without
+///   initdata" (what the runtime does without one), and needs nothing.
+///
+/// Returns `{"format", "digest"}` (hex) of the checked document, or `null`.
+fn check_init_data(
+    init: Option<&kbs_types::InitData>,
+    claims: &Claims,
+    expects: ExpectsInitData,
+) -> Result<serde_json::Value, Fail> {
+    let (field, key, got, pinned) = match (&claims.snp, &claims.tdx) {
+        (Some(s), _) => (
+            "HOST_DATA",
+            "host_data",
+            s.host_data.0.to_vec(),
+            expects.host_data,
+        ),
+        (_, Some(t)) => (
+            "MRCONFIGID",
+            "mrconfigid",
+            t.mrconfigid.0.to_vec(),
+            expects.mrconfigid,
+        ),
+        _ => return Err(Fail::internal("claims without TEE details")),
+    };
+    let Some(init) = init else {
+        if pinned && got.iter().any(|b| *b != 0) {
+            return Err(Fail::unauthorized(
+                "InitDataMissing",
+                format!(
+                    "attestation failed: the request has no `init-data`, but the reference values \
+                     pin {field} ({key}) and the TEE reports {}: send the initdata document \
+                     the guest was launched with",
+                    hex::encode(&got)
+                ),
+            ));
+        }
+        return Ok(serde_json::Value::Null);
+    };
+    if init.format != "toml" {
+        return Err(Fail::bad_request(format!(
+            "init-data format {:?} unsupported (toml)",
+            init.format
+        )));
+    }
+    let parsed = initdata::InitData::parse(&init.body)
+        .map_err(|e| Fail::bad_request(format!("init-data: {}", chain(&e))))?;
+    let d = initdata::digest(parsed.algorithm, init.body.as_bytes());
+    let want = if claims.snp.is_some() {
+        initdata::host_data(&d).to_vec()
+    } else {
+        initdata::mrconfigid(&d).to_vec()
+    };
+    if want != got {
+        return Err(Fail::unauthorized(
+            "AttestationFailed",
+            format!(
+                "attestation failed: init-data digest {} does not match {field} {}",
+                hex::encode(want),
+                hex::encode(got)
+            ),
+        ));
+    }
+    Ok(serde_json::json!({"format": init.format, "digest": hex::encode(&d)}))
 }
 
 fn get_resource(state: &State, req: &Request<Incoming>, rest: &str) -> Result<Resp, Fail> {

@@ -15,7 +15,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use kbs::server::{KbsServer, ServerConfig};
 //! let config = ServerConfig::load(std::path::Path::new("kbs.toml"))?;
-//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
+//! let listener = kbs::server::listen(config.listen)?;
 //! KbsServer::new(config)?.serve(listener).await?;
 //! # Ok(()) }
 //! ```
@@ -28,9 +28,13 @@ pub mod token;
 #[cfg(feature = "server")]
 mod config;
 #[cfg(feature = "server")]
+mod conn;
+#[cfg(feature = "server")]
 mod http;
 #[cfg(feature = "server")]
 mod policy;
+#[cfg(feature = "server")]
+mod sessions;
 #[cfg(feature = "server")]
 mod store;
 
@@ -39,7 +43,10 @@ pub use kbs_types;
 #[cfg(feature = "server")]
 pub use config::{ConfigError, ServerConfig};
 #[cfg(feature = "server")]
-pub use http::{tls_server_config, KbsServer, ServerError};
+pub use http::{
+    listen, nofile_limit, raise_nofile_limit, tls_server_config, KbsServer, ServerError,
+    LISTEN_BACKLOG,
+};
 #[cfg(feature = "server")]
 pub use policy::{ResourcePolicy, ResourcePolicyError, DEFAULT_RESOURCE_POLICY};
 #[cfg(feature = "server")]

@@ -1,7 +1,9 @@
 //! The resource policy: Rego (package `policy`, rule `allow`) evaluated by regorus.
 //!
-//! Input: `{"claims": <verifier claims>, "tee-pubkey": <JWK>, "resource": {"repo",
-//! "type", "tag", "path"}}`; data: `{"config": {"allow_simulated": bool}}`.
+//! Input: `{"claims": <verifier claims and "init_data">, "tee-pubkey": <JWK>,
+//! "resource": {"repo", "type", "tag", "path"}}`; data: `{"config": {"allow_simulated":
+//! bool}}`. `claims.init_data` is `{"format", "digest"}` of the initdata document the
+//! client sent and the KBS checked against HOST_DATA / MRCONFIGID, or `null`.
 
 use std::sync::Mutex;
 

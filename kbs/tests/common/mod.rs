@@ -1,6 +1,8 @@
 //! Shared helpers: fixture paths, fixed times, evidence builders.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod rcar;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
