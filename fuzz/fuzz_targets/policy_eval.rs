@@ -18,7 +18,39 @@ use libfuzzer_sys::fuzz_target;
 use policy::PolicyEngine;
 
 const SANDBOX: &str = include_str!("../../policy/tests/inputs/create-sandbox.json");
+const PAUSE: &str = include_str!("../../policy/tests/inputs/create-pause.json");
 const YAML: &str = include_str!("../../policy/tests/yaml/api-deployment.yaml");
+
+/// The pause container of the Deployment's pod, as the policy bench builds it
+/// (`cli_support::Create::request`, which reads its template relative to its own crate).
+fn pause_request(cid: &str, image: &str) -> serde_json::Value {
+    use serde_json::json;
+    let mut r: serde_json::Value = serde_json::from_str(PAUSE).unwrap_or_else(|e| panic!("{e}"));
+    let rootfs = format!("/run/kata-containers/{cid}/rootfs");
+    r["container_id"] = json!(cid);
+    r["exec_id"] = json!(cid);
+    r["storages"] = json!([{
+        "driver": "image_guest_pull",
+        "driver_options": [format!("image_guest_pull={{\"metadata\": {{\"io.kubernetes.cri.image-name\": \"{image}\"}}}}")],
+        "source": image, "fstype": "overlay", "options": [], "mount_point": rootfs, "fs_group": null
+    }]);
+    let oci = &mut r["OCI"];
+    oci["Root"] = json!({"Path": rootfs, "Readonly": true});
+    let a = &mut oci["Annotations"];
+    a["io.kubernetes.cri.sandbox-name"] = json!("api-5d4f8b9c7-x2x9k");
+    a["io.kubernetes.cri.sandbox-namespace"] = json!("default");
+    a["io.kubernetes.cri.container-name"] = json!("pause");
+    a["io.kubernetes.cri.image-name"] = json!(image);
+    let p = &mut oci["Process"];
+    p["Args"] = json!(["/pause"]);
+    p["Env"] = json!([cli_support::PATH_ENV]);
+    p["Cwd"] = json!("/");
+    p["User"] = json!({"UID": 65535, "GID": 65535, "AdditionalGids": [65535], "Username": ""});
+    p["NoNewPrivileges"] = json!(true);
+    let mounts: Vec<serde_json::Value> = oci["Mounts"].as_array().map(|m| m.iter().take(7).cloned().collect()).unwrap_or_default();
+    oci["Mounts"] = json!(mounts);
+    r
+}
 
 fn ready() -> &'static PolicyEngine {
     static E: OnceLock<PolicyEngine> = OnceLock::new();
@@ -31,14 +63,11 @@ fn ready() -> &'static PolicyEngine {
             .unwrap_or_else(|e| panic!("{e}"));
         let rego = &out.policies[0].rego;
         let mut e = PolicyEngine::from_rego(rego, None).unwrap_or_else(|e| panic!("{e}"));
-        let pod = "api-5d4f8b9c7-x2x9k";
-        let mut pause = Create::container(pod, "default", "pause", &cid('a'), &images.pinned["pause"]);
-        pause.args = strings(&["/pause"]);
-        (pause.uid, pause.gid, pause.no_new_privs, pause.read_only_root) = (65535, 65535, true, true);
+        let pause = pause_request(&cid('a'), &images.pinned["pause"]);
         let sandbox: serde_json::Value = serde_json::from_str(SANDBOX).unwrap_or_else(|e| panic!("{e}"));
         let ok = |d: Result<policy::Decision, policy::PolicyError>| d.map(|d| d.allowed).unwrap_or(false);
         assert!(ok(e.evaluate("CreateSandboxRequest", &sandbox)));
-        assert!(ok(e.evaluate("CreateContainerRequest", &pause.request(true))));
+        assert!(ok(e.evaluate("CreateContainerRequest", &pause)));
         e
     })
 }
