@@ -11,15 +11,23 @@
 #                    is safe Rust, so panics and aborts are what is found, and an
 #                    uninstrumented build is several times faster to build and run
 #   FUZZ_JOBS        cargo build jobs, default: cargo's
-#   TEE_FIXTURES     recorded SNP/TDX evidence used as extra seeds, default
-#                    ../shared/fixtures/tee beside the repository (skipped if absent)
+#   TEE_FIXTURES     recorded SNP/TDX evidence used as extra seeds and TDX collateral,
+#                    default shared/fixtures/tee beside the repository (or beside its
+#                    worktree directory); skipped if absent
 set -euo pipefail
 cd "$(dirname "$0")"
 FUZZ="$PWD"
 REPO="$(cd .. && pwd)"
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
 SANITIZER="${FUZZ_SANITIZER:-none}"
-FIXTURES="${TEE_FIXTURES:-$REPO/../shared/fixtures/tee}"
+# The recorded TEE evidence lives beside the repository (as kbs/tests expect it), or
+# beside the directory of a git worktree.
+FIXTURES="${TEE_FIXTURES:-}"
+if [ -z "$FIXTURES" ]; then
+    for d in "$REPO/../shared/fixtures/tee" "$REPO/../../shared/fixtures/tee"; do
+        [ -d "$d" ] && { FIXTURES="$(cd "$d" && pwd)"; break; }
+    done
+fi
 TOOLCHAIN=+nightly
 
 t0=$(date +%s)
@@ -65,7 +73,7 @@ if [ -d "$FUZZ/corpus/policy_eval" ]; then
         [ -f "$f" ] && { printf '%s\n' "${pair##*:}"; cat "$f"; } > "$FUZZ/corpus/policy_eval/repo-${pair%%:*}"
     done
 fi
-if [ -d "$FIXTURES" ]; then
+if [ -n "$FIXTURES" ] && [ -d "$FIXTURES" ]; then
     echo "==> seeds from $FIXTURES"
     if [ -d "$FUZZ/corpus/snp_report" ]; then
         for d in "$FIXTURES"/snp/*/; do
@@ -88,7 +96,7 @@ if [ -d "$FIXTURES" ]; then
     [ -f "$FIXTURES/tdx/v4-b0c06f-uptodate/collateral.json" ] &&
         export FUZZ_TDX_COLLATERAL_JSON="$FIXTURES/tdx/v4-b0c06f-uptodate/collateral.json"
 else
-    echo "==> no TEE fixtures at $FIXTURES: SNP/TDX targets start from the checked-in seeds only"
+    echo "==> no TEE fixtures (../shared/fixtures/tee, TEE_FIXTURES): SNP/TDX targets start from the checked-in seeds only"
 fi
 
 # Each target runs for SECONDS_PER_TARGET; a crash, a timeout (-timeout, per input) or
