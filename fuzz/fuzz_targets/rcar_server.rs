@@ -41,8 +41,11 @@ fn kbs() -> &'static Kbs {
         let res = dir.path().join("default/key");
         std::fs::create_dir_all(&res).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(res.join("1"), b"0123456789abcdef0123456789abcdef").unwrap_or_else(|e| panic!("{e}"));
+        let reference = dir.path().join("reference.toml");
+        std::fs::write(&reference, kata_cc_fuzz::OPEN_REFERENCE_TOML).unwrap_or_else(|e| panic!("{e}"));
         let mut cfg = ServerConfig::new(dir.path());
         cfg.allow_simulated = true;
+        cfg.reference_values = Some(reference);
         cfg.tdx_collateral_dir = std::env::var_os("FUZZ_TDX_COLLATERAL").map(Into::into);
         let server = KbsServer::new(cfg).unwrap_or_else(|e| panic!("{e}"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
@@ -70,11 +73,16 @@ struct Answer {
     body: Vec<u8>,
 }
 
-fn raw(request: &[u8]) -> Option<Answer> {
+/// Sends `request`; `half_close` ends the write side after it (for raw requests, which
+/// may be incomplete). hyper closes a connection whose client half-closed before the
+/// answer is ready, so well-formed requests keep it open (`Connection: close`).
+fn raw(request: &[u8], half_close: bool) -> Option<Answer> {
     let mut s = TcpStream::connect(kbs().addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.write_all(request).ok()?;
-    s.shutdown(std::net::Shutdown::Write).ok()?;
+    if half_close {
+        s.shutdown(std::net::Shutdown::Write).ok()?;
+    }
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let (head, body) = kata_cc_fuzz::split_once(&out, b"\r\n\r\n");
@@ -96,7 +104,7 @@ fn request(method: &str, path: &str, headers: &str, body: &[u8]) -> Option<Answe
     )
     .into_bytes();
     r.extend_from_slice(body);
-    raw(&r)
+    raw(&r, false)
 }
 
 /// A session: (cookie, nonce).
@@ -147,7 +155,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
     match sel % 4 {
         0 => {
-            let _ = raw(rest);
+            let _ = raw(rest, true);
         }
         1 => {
             let _ = request("POST", "/kbs/v0/auth", "", rest);

@@ -46,9 +46,20 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         }
     };
-    let open = ReferenceValues { allow_debug: true, tdx_allow_service_td: true, ..ReferenceValues::default() };
+    // REPORTDATA of a v4 quote body, and of a v5 one (6 more header bytes): the quote's
+    // own, so a recorded quote reaches the policy checks.
+    let raw = if sel == 0 { rest } else { &[][..] };
+    let mut report_data = vec![[0u8; 64]];
+    for off in [568, 574] {
+        if let Some(rd) = raw.get(off..off + 64) {
+            report_data.push(rd.try_into().unwrap_or([0; 64]));
+        }
+    }
     for now in NOW {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now);
-        let _ = verifier().verify(&evidence, &[0u8; 64], &open, now);
+        for rd in &report_data {
+            let _ = verifier().verify(&evidence, rd, kata_cc_fuzz::open_reference(), now);
+        }
     }
+    let _ = verifier().verify(&evidence, &[0; 64], &ReferenceValues::default(), SystemTime::UNIX_EPOCH + Duration::from_secs(NOW[0]));
 });

@@ -83,3 +83,24 @@ pub fn split_all<'a>(mut data: &'a [u8], sep: &[u8]) -> Vec<&'a [u8]> {
 
 /// Separator between the fields of a multi-part input (seeds use it too).
 pub const SEP: &[u8] = b"\n--8<--\n";
+
+/// Reference values that accept any measurement, HOST_DATA, MRTD, MRCONFIGID, debug
+/// guests, simulated evidence and every TDX TCB status, so the verifiers' policy code
+/// runs past its first check. (`ReferenceValues::default()` accepts nothing.)
+pub const OPEN_REFERENCE_TOML: &str = r#"
+snp_measurements = "any"
+host_data = "any"
+tdx_mrtd = "any"
+mrconfigid = "any"
+tdx_accepted_tcb_status = ["UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"]
+tdx_allow_service_td = true
+allow_debug = true
+allow_simulated = true
+"#;
+
+/// [`OPEN_REFERENCE_TOML`], parsed (once).
+pub fn open_reference() -> &'static kbs::ReferenceValues {
+    static R: OnceLock<kbs::ReferenceValues> = OnceLock::new();
+    R.get_or_init(|| kbs::ReferenceValues::from_toml_str(OPEN_REFERENCE_TOML).unwrap_or_else(|e| panic!("{e}")))
+}
