@@ -1017,6 +1017,16 @@ pub fn add_arp_neighbors(neighbors: &[ARPNeighbor]) -> Result<(), NetError> {
     Ok(())
 }
 
+/// The request checks of UpdateInterface, UpdateRoutes and AddARPNeighbors without
+/// netlink (whether each item is accepted), for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn check_for_fuzzing(i: &Interface, routes: &[Route], neighbors: &[ARPNeighbor]) -> Vec<bool> {
+    let mut ok = vec![parse_interface(i).is_ok()];
+    ok.extend(routes.iter().map(|r| parse_route(r).is_ok()));
+    ok.extend(neighbors.iter().map(|n| parse_neighbor(n).is_ok()));
+    ok
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {

@@ -626,6 +626,29 @@ fn parse_manifest(image: &Reference, body: &[u8], content_type: Option<&str>) ->
     }
 }
 
+/// `parse_manifest` and the checks `resolve` then makes (platform, digests, sizes),
+/// for the fuzz targets (`fuzz/`), with the error as text.
+#[doc(hidden)]
+pub fn check_manifest_for_fuzzing(
+    image: &Reference,
+    body: &[u8],
+    content_type: Option<&str>,
+) -> std::result::Result<(), String> {
+    let text = |e: ImageError| e.to_string();
+    match parse_manifest(image, body, content_type).map_err(text)? {
+        Parsed::Image(m) => std::iter::once(&m.config)
+            .chain(&m.layers)
+            .try_for_each(|d| {
+                descriptor_digest(image, d, "layer")?;
+                descriptor_size(image, d, "layer").map(drop)
+            })
+            .map_err(text),
+        Parsed::Index(i) => select_platform(image, &i)
+            .map(|e| drop(Digest::parse(&e.digest)))
+            .map_err(text),
+    }
+}
+
 fn platform_name(e: &ImageIndexEntry) -> String {
     match &e.platform {
         Some(p) => match &p.variant {

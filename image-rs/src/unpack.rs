@@ -112,6 +112,16 @@ pub(crate) fn unpack<R: Read>(
     u.finish_dirs()
 }
 
+/// `unpack` for the fuzz targets (`fuzz/`), with the error as text.
+#[doc(hidden)]
+pub fn unpack_for_fuzzing<R: Read>(
+    reader: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<(), String> {
+    unpack(reader, dest, opts).map_err(|e| format!("{e:?}"))
+}
+
 fn sanitize(u: &Unpacker<'_>, path: &Path) -> UResult<Vec<OsString>> {
     let mut out = Vec::new();
     for c in path.components() {

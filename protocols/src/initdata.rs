@@ -255,7 +255,11 @@ impl InitData {
         );
         for (key, value) in &self.data {
             let key = toml_basic_string(key);
-            if value.contains("'''") || value.contains('\r') {
+            // A multi-line literal string holds no `'''` and none of TOML's control
+            // characters but tab and newline (U+0000-U+0008, U+000B-U+001F, U+007F).
+            let literal_ok = !value.contains("'''")
+                && !value.chars().any(|c| matches!(c, '\0'..='\u{8}' | '\u{b}'..='\u{1f}' | '\u{7f}'));
+            if !literal_ok {
                 out.push_str(&format!("{key} = {}\n", toml_basic_string(value)));
             } else {
                 // The newline after the opening ''' is not part of the value.

@@ -96,6 +96,20 @@ fn parse_and_to_toml() {
     assert!(empty.data.is_empty() && empty.policy().is_none());
 }
 
+/// Found by the `initdata` fuzz target: a value with a control character (here from a
+/// `\u0001` escape) was written as a multi-line literal string, which TOML forbids, so
+/// `to_toml` produced a document that does not parse.
+#[test]
+fn to_toml_escapes_control_characters() {
+    let init = InitData::parse("version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"a\" = \"x\\u0001y\"\n").unwrap();
+    assert_eq!(init.data["a"], "x\u{1}y");
+    assert_eq!(InitData::parse(&init.to_toml()).unwrap(), init);
+    for c in ['\0', '\u{1b}', '\u{7f}', '\u{85}', '\t', '\n'] {
+        let d = InitData::with_policy(Algorithm::Sha256, &format!("a{c}b\n"));
+        assert_eq!(InitData::parse(&d.to_toml()).unwrap(), d, "{c:?}");
+    }
+}
+
 #[test]
 fn parse_errors() {
     let with = |head: &str| format!("{head}\n[data]\n\"policy.rego\" = \"x\"\n");
