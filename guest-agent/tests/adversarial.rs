@@ -595,7 +595,7 @@ async fn hostile_host_is_refused_and_leaves_nothing() {
     let mut cases = create_cases(&pod, &state_dir);
     // CopyFile can no longer plant it (refused above); a symlink could still appear in
     // the shared dir through a container that writes there: plant one on disk.
-    let planted = copied(&pod.cpath, &cid(0xf), "planted");
+    let planted = copied(&pod.cpath, &cid(0xf), "config");
     std::os::unix::fs::symlink("/", &planted).unwrap();
     let mut through_link = pod.container("web", &cid(0x2000));
     mount_at(&mut through_link, "/etc/shop")["source"] = json!(planted);

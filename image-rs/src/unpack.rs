@@ -112,14 +112,18 @@ pub(crate) fn unpack<R: Read>(
     u.finish_dirs()
 }
 
-/// `unpack` for the fuzz targets (`fuzz/`), with the error as text.
+/// `unpack` for the fuzz targets (`fuzz/`), with the error as text, under the default
+/// limits except 8 MiB of decompressed data and sparse holes per layer (the fuzzer's disk).
 #[doc(hidden)]
 pub fn unpack_for_fuzzing<R: Read>(
     reader: R,
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<(), String> {
-    unpack(reader, dest, opts).map_err(|e| format!("{e:?}"))
+    let limits = crate::limits::PullLimits { max_layer_uncompressed_bytes: 8 << 20, ..Default::default() };
+    let cache = std::sync::atomic::AtomicU64::new(0);
+    let meter = LayerMeter::new(&limits, crate::limits::LayerStats::default(), &cache);
+    unpack(reader, dest, opts, &meter).map_err(|e| format!("{e:?}"))
 }
 
 fn sanitize(u: &Unpacker<'_>, path: &Path) -> UResult<Vec<OsString>> {
