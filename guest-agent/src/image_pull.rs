@@ -435,8 +435,11 @@ impl ImagePuller {
 /// metadata that says otherwise is refused rather than trusted.
 fn is_sandbox(spec: &oci_spec::runtime::Spec, metadata: &HashMap<String, String>) -> Result<bool, AgentError> {
     let from_spec = spec.annotations().as_ref().and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION)).map(String::as_str);
+    let spec_sandbox = from_spec == Some(CONTAINER_TYPE_SANDBOX);
     if let Some(meta) = metadata.get(CONTAINER_TYPE_ANNOTATION) {
-        if Some(meta.as_str()) != from_spec {
+        // (A spec without CRI annotations, e.g. `ctr run`, may come with a metadata that
+        // says "container": only a disagreement about being the sandbox matters.)
+        if (meta == CONTAINER_TYPE_SANDBOX) != spec_sandbox {
             return Err(AgentError::invalid(
                 "storages.driver_options",
                 format!(
@@ -445,7 +448,7 @@ fn is_sandbox(spec: &oci_spec::runtime::Spec, metadata: &HashMap<String, String>
             ));
         }
     }
-    Ok(from_spec == Some(CONTAINER_TYPE_SANDBOX))
+    Ok(spec_sandbox)
 }
 
 /// Finds the `image_guest_pull` storage among `storages` and checks it.
