@@ -370,19 +370,11 @@ impl PolicyEngine {
         request_name: &str,
         input_json: &str,
     ) -> Result<Decision, PolicyError> {
-        check_request_name(request_name)?;
-        if input_json.len() > self.config.max_input_bytes {
-            return Err(PolicyError::InputTooLarge {
-                request: request_name.to_owned(),
-                limit: self.config.max_input_bytes,
-            });
+        let (decision, pending) = self.decide_json(request_name, input_json)?;
+        if let Some(p) = pending {
+            self.commit(p)?;
         }
-        let input: regorus::Value =
-            serde_json::from_str(input_json).map_err(|source| PolicyError::InputJson {
-                request: request_name.to_owned(),
-                source,
-            })?;
-        self.evaluate_value(request_name, input)
+        Ok(decision)
     }
 
     fn evaluate_value(
