@@ -36,6 +36,8 @@ fn pause_request(cid: &str, image: &str) -> serde_json::Value {
     }]);
     let oci = &mut r["OCI"];
     oci["Root"] = json!({"Path": rootfs, "Readonly": true});
+    // containerd gives the sandbox the pod's hostname.
+    oci["Hostname"] = json!("api-5d4f8b9c7-x2x9k");
     let a = &mut oci["Annotations"];
     a["io.kubernetes.cri.sandbox-name"] = json!("api-5d4f8b9c7-x2x9k");
     a["io.kubernetes.cri.sandbox-namespace"] = json!("default");
