@@ -461,16 +461,18 @@ impl Attester for Counting {
 
 #[tokio::test]
 async fn session_reused_until_the_kbs_refuses_it() {
-    let k = start_with(true, None, Some(1)).await;
+    // 3 s, not 1: on a loaded CI machine two fetches (one attestation) took longer than
+    // a 1 s session and the second fetch had to attest again.
+    let k = start_with(true, None, Some(3)).await;
     let att = Arc::new(Counting(SimAttester::new(M, H).unwrap(), Default::default()));
     let c = KbsClient::new(&k.url(), att.clone()).unwrap();
     let attests = || att.1.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(c.get_resource("kbs:///default/key/k1").await.unwrap(), b"the secret key bytes");
     assert_eq!(c.get_resource("kbs:///default/key/k2").await.unwrap(), b"second");
     assert_eq!(attests(), 1, "the second fetch reuses the attested session");
-    // The token expires (1 s lifetime): the KBS refuses it and the client attests again,
+    // The token expires (3 s lifetime): the KBS refuses it and the client attests again,
     // transparently.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
     assert_eq!(c.get_resource("kbs:///default/key/k1").await.unwrap(), b"the secret key bytes");
     assert_eq!(attests(), 2, "an expired session leads to a new attestation");
     // An unknown resource is an error, not a reason to attest again and again.
