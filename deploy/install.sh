@@ -19,7 +19,8 @@
 #   --containerd-config PATH add the kata-cc CRI runtime to containerd (e.g. /etc/containerd/config.toml;
 #                            created if missing). Backs PATH up once to PATH.kata-cc.bak. How:
 #                            containerd 2.x, or a config without CRI plugin tables: PATH's
-#                            `imports` gets <dir of PATH>/conf.d/kata-cc.toml (deploy/containerd/kata-cc.toml);
+#                            `imports` gets <dir of PATH>/conf.d/kata-cc.toml (deploy/containerd/kata-cc.toml
+#                            for a `version = 2` PATH, deploy/containerd/kata-cc-v3.toml for `version = 3`);
 #                            containerd 1.6/1.7 with CRI plugin tables in PATH: the runtime tables
 #                            are appended to PATH between kata-cc markers, because 1.x imports
 #                            replace the whole CRI plugin section. Restart containerd afterwards.
@@ -80,7 +81,10 @@ config_dir=${config_dir%/}
 
 record=$prefix/share/kata-cc/installed.txt
 conf_dest=$config_dir/configuration.toml
-dropin_src=$here/containerd/kata-cc.toml
+# The drop-in by config version: kata-cc.toml (version 2: containerd 1.6, 1.7, and 2.x
+# configs still at version 2), kata-cc-v3.toml (version 3: containerd 2.x).
+dropin_v2=$here/containerd/kata-cc.toml
+dropin_v3=$here/containerd/kata-cc-v3.toml
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 # put SRC DEST MODE: atomic copy (a running binary is replaced, not rewritten).
@@ -144,14 +148,33 @@ containerd_major() {
     echo "${v%%.*}"
 }
 
+# default_runtimes_v1: containerd 1.x's built-in runtime tables (runc), as
+# `containerd config default` writes them. containerd 1.x replaces its default runtimes map
+# with the one a config file (or import) gives: a file that adds only kata-cc would drop the
+# built-in runc runtime, the default for every other pod. So the added block carries them
+# too, with their default values: the effective config stays the same for runc.
+default_runtimes_v1() {
+    local out
+    if out=$(containerd config default 2>/dev/null) && [[ -n $out ]]; then
+        awk '/^[ \t]*\[/ { keep = ($0 ~ /^[ \t]*\[plugins\."io\.containerd\.grpc\.v1\.cri"\.containerd\.runtimes\.[^]]+\]/) }
+             keep { sub(/^[ \t]+/, ""); print }' <<<"$out"
+    else
+        # No containerd here (the deploy container): the runtime as 1.x defines it.
+        printf '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"\n'
+    fi
+}
+
 configure_containerd() {
-    local f=$1 dropin version major mode tmp
+    local f=$1 dropin dropin_src version major mode tmp
     dropin=$(dropin_of "$f")
+    major=${KATA_CC_CONTAINERD_MAJOR:-$(containerd_major)}
     mkdir -p "$(dirname "$f")"
     if [[ -f $f ]]; then
-        [[ -e $f.kata-cc.bak ]] || { cp -p "$f" "$f.kata-cc.bak"; log "backed up $f to $f.kata-cc.bak"; }
+        # (Not a file an earlier run created: uninstall removes that one.)
+        [[ -e $f.kata-cc.bak || -e $f.kata-cc.created ]] || { cp -p "$f" "$f.kata-cc.bak"; log "backed up $f to $f.kata-cc.bak"; }
     else
-        printf 'version = 2\n' >"$f"
+        # The config version this containerd writes itself (`containerd config default`).
+        if [[ ${major:-1} -ge 2 ]]; then printf 'version = 3\n' >"$f"; else printf 'version = 2\n' >"$f"; fi
         : >"$f.kata-cc.created"
         log "created $f"
     fi
@@ -164,11 +187,18 @@ configure_containerd() {
         sed -i '1i version = 2' "$f"
         version=2
     fi
-    major=${KATA_CC_CONTAINERD_MAJOR:-$(containerd_major)}
     if [[ -z $major ]]; then
         major=1
         [[ $version -ge 3 ]] && major=2
         log "containerd not found here; assuming containerd $major.x from config version $version"
+    fi
+    # containerd 2.x merges an imported file into the main one before it migrates the whole
+    # to version 3, so the drop-in must have the main file's version; 1.x reads version 2 only.
+    if [[ $version -ge 3 ]]; then
+        [[ $major -ge 2 ]] || die "$f is config version $version (containerd 2.x) but containerd here is $major.x: it cannot read it"
+        dropin_src=$dropin_v3
+    else
+        dropin_src=$dropin_v2
     fi
     if [[ $version -ge 3 || $major -ge 2 ]] ||
         ! grep -qE '^[[:space:]]*\[+[[:space:]]*plugins\.("io\.containerd\.grpc\.v1\.cri"|cri)([].]|[[:space:]])' "$f"; then
@@ -176,13 +206,26 @@ configure_containerd() {
     else
         mode=inline
     fi
-    if grep -qE '^[[:space:]]*\[+[[:space:]]*plugins\.("io\.containerd\.grpc\.v1\.cri"|cri)\.containerd\.runtimes\.("kata-cc"|kata-cc)[].]' "$f"; then
+    if grep -qE '^[[:space:]]*\[+[[:space:]]*plugins\.("io\.containerd\.grpc\.v1\.cri"|"io\.containerd\.cri\.v1\.runtime"|cri)\.containerd\.runtimes\.("kata-cc"|kata-cc)[].]' "$f"; then
         die "$f already defines a kata-cc runtime (not added by this installer): remove it first"
     fi
+    # containerd 1.x and a file that defines no runtime: keep the built-in ones (above).
+    local keep_default=0
+    if [[ $major -lt 2 ]] && ! grep -qE '^[[:space:]]*\[+[[:space:]]*plugins\.("io\.containerd\.grpc\.v1\.cri"|cri)\.containerd\.runtimes\.' "$f"; then
+        keep_default=1
+    fi
+    block() {
+        render "$dropin_src"
+        if ((keep_default)); then
+            printf '\n# containerd 1.x replaces its built-in runtimes with the ones a config names: the\n'
+            printf '# built-in runtimes, as `containerd config default` has them (deploy/install.sh).\n'
+            default_runtimes_v1
+        fi
+    }
     if [[ $mode == import ]]; then
         mkdir -p "$(dirname "$dropin")"
         tmp=$(mktemp)
-        render "$dropin_src" >"$tmp"
+        block >"$tmp"
         put "$tmp" "$dropin" 644
         rm -f "$tmp"
         if grep -qE '^[[:space:]]*imports[[:space:]]*=' "$f"; then
@@ -197,7 +240,7 @@ configure_containerd() {
     else
         {
             printf '\n%s\n' "$MARK_BEGIN"
-            render "$dropin_src" | sed -E '/^[[:space:]]*version[[:space:]]*=/d; /^#/d'
+            block | sed -E '/^[[:space:]]*version[[:space:]]*=/d; /^#/d'
             printf '%s\n' "$MARK_END"
         } >>"$f"
         log "containerd: added the kata-cc runtime to $f (containerd 1.x with CRI settings there: inline, not imports; restart containerd)"
