@@ -80,7 +80,12 @@ SHIM_STATE=$RUN/kata-cc
 die() { log "$*"; exit 1; }
 
 [[ $(id -u) == 0 ]] || die "must run as root"
-for t in containerd ctr runc ip iptables docker-registry skopeo umoci gcc curl jq flock; do
+[[ -x $CTRD_BIN/containerd && -x $CTR ]] || die "missing containerd/ctr in $CTRD_BIN (run deploy/install-deps.sh, or deploy/containerd/fetch.sh)"
+[[ -n $CTRD_VERSION ]] || die "cannot tell the version of $CTRD_BIN/containerd"
+ctrd_major=${CTRD_VERSION%%.*}
+[[ -x $CTRD_BIN/containerd-shim-runc-v2 ]] || command -v containerd-shim-runc-v2 >/dev/null ||
+    die "missing containerd-shim-runc-v2 (in $CTRD_BIN or on PATH)"
+for t in runc ip iptables docker-registry skopeo umoci gcc curl jq flock; do
     command -v "$t" >/dev/null || die "missing $t (run deploy/install-deps.sh)"
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || die "missing /usr/lib/cni (containernetworking-plugins)"
@@ -212,6 +217,9 @@ mv "$DIR/cni/net.d/10-$CNI_NAME.conflist.new" "$DIR/cni/net.d/10-$CNI_NAME.confl
 # `ctr run --cni` reads /etc/cni/net.d only: tests/ctr.rs binds cni/net.d there in a
 # private mount namespace, which needs the (empty) mount point.
 [[ -d /etc/cni/net.d ]] || mkdir -p /etc/cni/net.d
+# ctr 1.7+ finds the CNI plugins in /opt/cni/bin only: tests/ctr.rs binds /usr/lib/cni there
+# the same way.
+[[ -d /opt/cni/bin ]] || mkdir -p /opt/cni/bin
 
 # --- 6. Registry hosts: plain HTTP for the pod-reachable registry (and the loopback one).
 for r in "$REG" 127.0.0.1:5000; do
@@ -307,10 +315,35 @@ fi
 # whether the snapshotter runs); without the snapshotter its calls fail.
 cri_snapshotter=overlayfs
 [[ $PROFILE == cc ]] && cri_snapshotter=kata-cc
-cri='plugins."io.containerd.grpc.v1.cri"'
-cat >"$DIR/config.toml.new" <<EOF
-# Written by tests/containerd/start.sh. containerd 1.6 (config version 2).
-version = 2
+# containerd 1.x reads config version 2 (one CRI plugin); 2.x reads version 3, where the CRI
+# plugin is split into io.containerd.cri.v1.runtime (runtimes, CNI, OOM score),
+# io.containerd.cri.v1.images (snapshotter, sandbox image, registry) and
+# io.containerd.grpc.v1.cri (the streaming server). Same settings either way.
+# containerd 1.7+: the kata-cc runtime names its snapshotter itself (per-runtime
+# `snapshotter`); 1.6 has one CRI snapshotter for every runtime.
+kata_snap_line=
+if [[ $PROFILE == cc && $CTRD_VERSION != 1.6 ]]; then
+    kata_snap_line='snapshotter = "kata-cc"'
+fi
+runtimes() { # TABLE-PREFIX: the runc and kata-cc runtime tables
+    cat <<EOT
+      [$1.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [$1.runtimes.runc.options]
+          SystemdCgroup = false
+      [$1.runtimes.kata-cc]
+        runtime_type = "io.containerd.kata-cc.v2"
+        pod_annotations = ["io.katacontainers.*"]
+        privileged_without_host_devices = true
+        $kata_snap_line
+        [$1.runtimes.kata-cc.options]
+          ConfigPath = "$DIR/kata-cc/configuration.toml"
+EOT
+}
+common() { # VERSION: the top of the file
+    cat <<EOT
+# Written by tests/containerd/start.sh. containerd $CTRD_VERSION (config version $1).
+version = $1
 root = "$DIR/root"
 state = "$RUN/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
@@ -324,6 +357,66 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [debug]
   address = "$RUN/debug.sock"
   level = "info"
+
+[proxy_plugins]
+  [proxy_plugins.kata-cc]
+    type = "snapshot"
+    address = "$SNAP_SOCK"
+EOT
+}
+if ((ctrd_major >= 2)); then
+    rt='plugins."io.containerd.cri.v1.runtime"'
+    # Pulls: the default profile uses the transfer service, as a stock 2.x node does. The
+    # cc profile's remote snapshotter needs the snapshot labels (cri.image-ref,
+    # cri.layer-digest), which only CRI's own (local) pull adds.
+    images_pull=
+    if [[ $PROFILE == cc ]]; then
+        images_pull='    use_local_image_pull = true
+    disable_snapshot_annotations = false'
+    fi
+    im='plugins."io.containerd.cri.v1.images"'
+    {
+        common 3
+        cat <<EOF
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$DIR/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+  [$im]
+    snapshotter = "$cri_snapshotter"
+$images_pull
+    [$im.pinned_images]
+      sandbox = "$PAUSE_IMAGE"
+    [$im.registry]
+      config_path = "$DIR/certs.d"
+  [$rt]
+    # No CAP_SYS_RESOURCE here: a negative oom_score_adj fails every pod otherwise.
+    restrict_oom_score_adj = true
+    enable_selinux = false
+    # 2.x turns these on by default: every pod spec then carries the sysctls
+    # net.ipv4.ip_unprivileged_port_start and net.ipv4.ping_group_range, which the guest's
+    # container runtime refuses (kata-cc containers share the VM's network namespace and
+    # their spec has none: "sysctl ... not allowed in host network namespace"). Off until
+    # the agent applies net.* sysctls to the pod VM's network (docs/containerd.md).
+    enable_unprivileged_ports = false
+    enable_unprivileged_icmp = false
+    [$rt.containerd]
+      default_runtime_name = "runc"
+$(runtimes "$rt.containerd")
+    [$rt.cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "$DIR/cni/net.d"
+      max_conf_num = 1
+EOF
+    } >"$DIR/config.toml.new"
+else
+    cri='plugins."io.containerd.grpc.v1.cri"'
+    {
+        common 2
+        cat <<EOF
 
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
@@ -340,30 +433,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       snapshotter = "$cri_snapshotter"
       # Snapshot labels (cri.image-ref, cri.layer-digest) for remote snapshotters.
       disable_snapshot_annotations = false
-      [$cri.containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [$cri.containerd.runtimes.runc.options]
-          SystemdCgroup = false
-      [$cri.containerd.runtimes.kata-cc]
-        runtime_type = "io.containerd.kata-cc.v2"
-        pod_annotations = ["io.katacontainers.*"]
-        privileged_without_host_devices = true
-        [$cri.containerd.runtimes.kata-cc.options]
-          ConfigPath = "$DIR/kata-cc/configuration.toml"
+$(runtimes "$cri.containerd")
     [$cri.cni]
       bin_dir = "/usr/lib/cni"
       conf_dir = "$DIR/cni/net.d"
       max_conf_num = 1
     [$cri.registry]
       config_path = "$DIR/certs.d"
-
-[proxy_plugins]
-  [proxy_plugins.kata-cc]
-    type = "snapshot"
-    address = "$SNAP_SOCK"
 EOF
+    } >"$DIR/config.toml.new"
+fi
 
-ctrd_up() { ctr --address "$SOCK" version >/dev/null 2>&1; }
+ctrd_up() { "$CTR" --address "$SOCK" version >/dev/null 2>&1; }
 restart=0
 if ! cmp -s "$DIR/config.toml.new" "$DIR/config.toml"; then
     mv "$DIR/config.toml.new" "$DIR/config.toml"
@@ -383,11 +464,12 @@ if ! alive "$DIR/containerd.pid" || ! ctrd_up; then
     ctrd_up && die "another containerd already answers on $SOCK"
     log "starting containerd ($SOCK, log $DIR/containerd.log)"
     rm -f "$SOCK" "$SOCK.ttrpc"
-    # Shims inherit this environment: PATH finds containerd-shim-kata-cc-v2 in bin/;
+    # Shims inherit this environment: PATH finds containerd-shim-kata-cc-v2 in bin/ and
+    # this containerd's own containerd-shim-runc-v2 before the machine's;
     # KATA_CC_CONFIG is the shim's fallback when a client passes no ConfigPath (ctr).
-    env PATH="$DIR/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    env PATH="$DIR/bin:$CTRD_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
         KATA_CC_CONFIG="$DIR/kata-cc/configuration.toml" \
-        setsid containerd --config "$DIR/config.toml" >>"$DIR/containerd.log" 2>&1 </dev/null 9>&- &
+        setsid "$CTRD_BIN/containerd" --config "$DIR/config.toml" >>"$DIR/containerd.log" 2>&1 </dev/null 9>&- &
     echo $! >"$DIR/containerd.pid"
     wait_for containerd ctrd_up || die "containerd did not come up; see $DIR/containerd.log"
 fi
@@ -395,11 +477,11 @@ fi
 # --- 10. The CRI plugin ready, and the pause and busybox images in k8s.io (so pod starts
 # time the pod, not the pull).
 cri_ready() {
-    ctr --address "$SOCK" plugins ls 2>/dev/null | awk '$2 == "cri" && $4 == "ok" {f=1} END {exit !f}'
+    "$CTR" --address "$SOCK" plugins ls 2>/dev/null | awk '$2 == "cri" && $4 == "ok" {f=1} END {exit !f}'
 }
 wait_for cri cri_ready || die "the CRI plugin is not ok; see $DIR/containerd.log"
 for img in "$PAUSE_IMAGE" "$BUSYBOX_IMAGE"; do
-    have=$(ctr --address "$SOCK" -n k8s.io images ls -q)
+    have=$("$CTR" --address "$SOCK" -n k8s.io images ls -q)
     if ! grep -qxF "$img" <<<"$have"; then
         log "pulling $img into k8s.io"
         if [[ $PROFILE == cc ]]; then
@@ -407,7 +489,7 @@ for img in "$PAUSE_IMAGE" "$BUSYBOX_IMAGE"; do
             "$DIR/bin/kata-cc-snapshotter" pull --containerd "$SOCK" -n k8s.io --snapshotter kata-cc \
                 --hosts-dir "$DIR/certs.d" "$img" >/dev/null
         else
-            ctr --address "$SOCK" -n k8s.io images pull --hosts-dir "$DIR/certs.d" "$img" >/dev/null
+            "$CTR" --address "$SOCK" -n k8s.io images pull --hosts-dir "$DIR/certs.d" "$img" >/dev/null
         fi
     fi
 done

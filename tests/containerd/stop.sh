@@ -27,8 +27,8 @@ esac
 exec 9>"$DIR/lock"
 flock 9
 
-ctrd_up() { ctr --address "$SOCK" version >/dev/null 2>&1; }
-c() { ctr --address "$SOCK" "$@"; }
+ctrd_up() { "$CTR" --address "$SOCK" version >/dev/null 2>&1; }
+c() { "$CTR" --address "$SOCK" "$@"; }
 # pids_with ARG...: pids (not ours) whose argv contains every ARG as a substring.
 pids_with() {
     local pid argv a ok

@@ -111,7 +111,8 @@ impl Drop for Guard {
 }
 
 /// `ctr run --rm [--cni] <args...>`, in a private mount namespace whose /etc/cni/net.d is
-/// the harness's CNI config; killed (and failed) after `limit`.
+/// the harness's CNI config (and /opt/cni/bin Debian's plugins); killed (and failed) after
+/// `limit`.
 fn ctr_run(ns: &str, cni: bool, args: &[&str], limit: Duration) -> Output {
     let ctrd = containerd();
     let mut c = Command::new("unshare");
@@ -121,7 +122,9 @@ fn ctr_run(ns: &str, cni: bool, args: &[&str], limit: Duration) -> Output {
         "private",
         "sh",
         "-c",
-        r#"mount --bind "$1" /etc/cni/net.d && shift && exec "$@""#,
+        // ctr 1.7+ looks for the CNI plugins in /opt/cni/bin only (Debian's 1.6 ctr in
+        // /usr/lib/cni): bind Debian's plugins there too unless that directory has them.
+        r#"mount --bind "$1" /etc/cni/net.d && { [ -x /opt/cni/bin/bridge ] || mount --bind /usr/lib/cni /opt/cni/bin; } && shift && exec "$@""#,
         "sh",
     ])
     .arg(ctrd.dir.join("cni/net.d"))
