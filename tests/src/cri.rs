@@ -583,7 +583,20 @@ impl Pod {
 
     /// StopPodSandbox + RemovePodSandbox, panicking on failure (the Drop guard then does
     /// nothing more).
-    pub async fn stop_remove(mut self, cri: &mut Cri) {
+    pub async fn stop_remove(self, cri: &mut Cri) {
+        self.stop_remove_inner(cri, false).await
+    }
+
+    /// As [`Pod::stop_remove`] for a pod whose shim was killed: a RemovePodSandbox that
+    /// fails with "ttrpc: closed" is sent again once, as the kubelet does. containerd 2.x
+    /// deletes a dead shim's task from its table but still returns the closed connection's
+    /// error on that first delete (core/runtime/v2/shim.go, shimTask.delete); 1.6 and 1.7
+    /// return success.
+    pub async fn stop_remove_after_shim_death(self, cri: &mut Cri) {
+        self.stop_remove_inner(cri, true).await
+    }
+
+    async fn stop_remove_inner(mut self, cri: &mut Cri, retry_closed: bool) {
         let limit = rpc_timeout(&self.handler);
         within(
             limit,
@@ -600,15 +613,20 @@ impl Pod {
                 self.ctrd.log_tail(40)
             )
         });
-        within(
-            limit,
-            "RemovePodSandbox",
-            cri.rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-                pod_sandbox_id: self.id.clone(),
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| {
+        let remove = || {
+            let mut rt = cri.rt.clone();
+            let id = self.id.clone();
+            async move {
+                within(limit, "RemovePodSandbox", rt.remove_pod_sandbox(pb::RemovePodSandboxRequest { pod_sandbox_id: id }))
+                    .await
+            }
+        };
+        let mut res = remove().await;
+        if retry_closed && res.as_ref().is_err_and(|e| e.message().contains("ttrpc: closed")) {
+            eprintln!("RemovePodSandbox {}: {} (the dead shim's connection); once more", self.name, res.unwrap_err().message());
+            res = remove().await;
+        }
+        res.unwrap_or_else(|e| {
             panic!(
                 "RemovePodSandbox {}: {e}\ncontainerd log:\n{}",
                 self.name,

@@ -227,7 +227,7 @@ async fn kata_cc_shim_killed_pod_cleans_up() {
     // containerd notices the dead shim: the task is reported exited.
     cri.wait_exited(&c, Duration::from_secs(120)).await;
     let id = pod.id.clone();
-    pod.stop_remove(&mut cri).await;
+    pod.stop_remove_after_shim_death(&mut cri).await;
     wait_nothing_left(&id, Duration::from_secs(120));
 }
 
