@@ -31,9 +31,10 @@
 # Runtimes (CRI handlers): runc (io.containerd.runc.v2) and kata-cc (io.containerd.kata-cc.v2,
 # options ConfigPath = the test configuration.toml).
 # Profiles (KATA_CC_CTRD_PROFILE):
-#   default  CRI pulls with overlayfs (containerd 1.6 has one CRI snapshotter); tee none.
+#   default  CRI pulls with overlayfs; tee none.
 #   cc       CRI pulls through the kata-cc snapshotter (no layer on the host: needs
-#            KATA_CC_SNAPSHOTTER), and the kata-cc runtime uses the SIMULATED TEE
+#            KATA_CC_SNAPSHOTTER; 1.7+ also name it on the kata-cc runtime, 1.6 has one
+#            CRI snapshotter), and the kata-cc runtime uses the SIMULATED TEE
 #            (tee.kind = "sim", allow_simulated = true): development/test only.
 #
 # The registry: tests/registry/start.sh serves the fixtures on 127.0.0.1:5000; pods cannot
@@ -44,6 +45,13 @@
 # deploy/guest/pause.c and pushed as 10.88.0.1:5000/kata-cc/pause:1.
 #
 # Environment:
+#   KATA_CC_CONTAINERD_BIN directory with containerd, ctr and containerd-shim-runc-v2 of the
+#                          containerd to run (deploy/containerd/fetch.sh 1.7|2.1 prints one);
+#                          unset: the machine's (PATH). Config version 2 for 1.x, 3 for 2.x.
+#                          With it, the instance's default directories name the version:
+#                          /var/tmp/kata-cc-ctrd-<minor>[-cc], /run/kcc-<minor>[-cc]
+#                          (instance.sh; docs/containerd.md)
+#   KATA_CC_CTRD_DIR, KATA_CC_CTRD_RUN   the instance's directories (the cc profile adds -cc)
 #   KATA_CC_BIN_DIR        directory with containerd-shim-kata-cc-v2 (linked into bin/);
 #                          unset: the kata-cc runtime is configured but has no shim binary
 #   KATA_CC_SNAPSHOTTER    path of the kata-cc-snapshotter binary: started on
@@ -60,7 +68,7 @@
 #   KATA_CC_SHIM_CONFIG, KATA_CC_SHIM_STATE_DIR,
 #   KATA_CC_SNAPSHOTTER_NAME (empty when the snapshotter is not running)
 #
-# Needs (deploy/install-deps.sh): containerd (1.6+), runc, containernetworking-plugins,
+# Needs (deploy/install-deps.sh): containerd (1.6, 1.7 or 2.1), runc, containernetworking-plugins,
 # iptables, docker-registry, skopeo, umoci, gcc, curl, jq.
 set -euo pipefail
 

@@ -9,6 +9,8 @@
 #   tests/containerd/stop.sh            # keeps $KATA_CC_CTRD_DIR (images, config) for a quick restart
 #   tests/containerd/stop.sh --purge    # also removes $KATA_CC_CTRD_DIR
 #   KATA_CC_CTRD_PROFILE=cc tests/containerd/stop.sh   # the cc profile's instance
+#   KATA_CC_CONTAINERD_BIN=/opt/kata-cc/containerd-2.1/usr/bin tests/containerd/stop.sh
+#                                       # the instance of that containerd (same env as start.sh)
 #
 # Leaves alone: the fixture registry on 127.0.0.1:5000 (tests/registry/start.sh; other
 # suites use it) and the host's /etc/cni/net.d mount point.
