@@ -97,7 +97,9 @@ impl SizingConfig {
                 self.max_vcpus, self.default_vcpus
             ));
         }
-        if self.max_memory_mib < self.default_memory_mib || self.max_memory_mib > MAX_MEMORY_MIB_LIMIT {
+        if self.max_memory_mib < self.default_memory_mib
+            || self.max_memory_mib > MAX_MEMORY_MIB_LIMIT
+        {
             return Err(format!(
                 "hypervisor.max_memory_mib = {} must be between hypervisor.memory_mib ({}) and {MAX_MEMORY_MIB_LIMIT}",
                 self.max_memory_mib, self.default_memory_mib
@@ -125,14 +127,21 @@ impl ContainerLimits {
     /// The CPU limit in whole CPUs, rounded up (`None`: no limit).
     pub fn cpus(&self) -> Option<u64> {
         match (self.cpu_quota, self.cpu_period) {
-            (Some(q), Some(p)) if q > 0 && p > 0 => Some(q.unsigned_abs().saturating_mul(1000).div_ceil(p).div_ceil(1000)),
+            (Some(q), Some(p)) if q > 0 && p > 0 => Some(
+                q.unsigned_abs()
+                    .saturating_mul(1000)
+                    .div_ceil(p)
+                    .div_ceil(1000),
+            ),
             _ => None,
         }
     }
 
     /// The memory limit in MiB, rounded up (`None`: no limit).
     pub fn memory_mib(&self) -> Option<u64> {
-        self.memory_limit_bytes.filter(|&b| b > 0).map(|b| b.unsigned_abs().div_ceil(MIB))
+        self.memory_limit_bytes
+            .filter(|&b| b > 0)
+            .map(|b| b.unsigned_abs().div_ceil(MIB))
     }
 }
 
@@ -150,28 +159,38 @@ pub struct VmSize {
 /// Sizes a pod VM from the sum of `containers`' limits (one entry for a whole pod's
 /// limits). A container without a limit adds nothing. Pure; overflow saturates.
 pub fn size_vm(config: &SizingConfig, containers: &[ContainerLimits]) -> VmSize {
-    let mem_mib = containers.iter().filter_map(ContainerLimits::memory_mib).fold(0u64, u64::saturating_add);
+    let mem_mib = containers
+        .iter()
+        .filter_map(ContainerLimits::memory_mib)
+        .fold(0u64, u64::saturating_add);
     let memory = if mem_mib == 0 {
         config.default_memory_mib
     } else {
-        config.default_memory_mib.max(config.overhead_memory_mib.saturating_add(mem_mib))
+        config
+            .default_memory_mib
+            .max(config.overhead_memory_mib.saturating_add(mem_mib))
     };
     // Σ quota/period in millicpus (rounded up per container): never undersizes.
     let millicpus: u64 = containers
         .iter()
         .filter_map(|c| match (c.cpu_quota, c.cpu_period) {
-            (Some(q), Some(p)) if q > 0 && p > 0 => Some(q.unsigned_abs().saturating_mul(1000).div_ceil(p)),
+            (Some(q), Some(p)) if q > 0 && p > 0 => {
+                Some(q.unsigned_abs().saturating_mul(1000).div_ceil(p))
+            }
             _ => None,
         })
         .fold(0u64, u64::saturating_add);
     let vcpus = if millicpus == 0 {
         u64::from(config.default_vcpus)
     } else {
-        u64::from(config.default_vcpus).max(u64::from(config.overhead_vcpus).saturating_add(millicpus.div_ceil(1000)))
+        u64::from(config.default_vcpus)
+            .max(u64::from(config.overhead_vcpus).saturating_add(millicpus.div_ceil(1000)))
     };
     let capped = vcpus > u64::from(config.max_vcpus) || memory > config.max_memory_mib;
     VmSize {
-        vcpus: u32::try_from(vcpus.min(u64::from(config.max_vcpus))).unwrap_or(config.max_vcpus).max(1),
+        vcpus: u32::try_from(vcpus.min(u64::from(config.max_vcpus)))
+            .unwrap_or(config.max_vcpus)
+            .max(1),
         memory_mib: memory.min(config.max_memory_mib),
         capped,
     }
@@ -218,19 +237,31 @@ pub enum SizingError {
 }
 
 fn bad(name: &str, value: &str, why: impl Into<String>) -> SizingError {
-    SizingError::Annotation { name: name.into(), value: value.chars().take(64).collect(), why: why.into() }
+    SizingError::Annotation {
+        name: name.into(),
+        value: value.chars().take(64).collect(),
+        why: why.into(),
+    }
 }
 
 fn int_annotation(ann: &HashMap<String, String>, name: &str) -> Result<Option<i64>, SizingError> {
-    let Some(v) = ann.get(name) else { return Ok(None) };
+    let Some(v) = ann.get(name) else {
+        return Ok(None);
+    };
     if v.len() > MAX_ANNOTATION_LEN {
-        return Err(bad(name, v, format!("longer than {MAX_ANNOTATION_LEN} bytes")));
+        return Err(bad(
+            name,
+            v,
+            format!("longer than {MAX_ANNOTATION_LEN} bytes"),
+        ));
     }
     let t = v.trim();
     if t.is_empty() {
         return Ok(None);
     }
-    t.parse::<i64>().map(Some).map_err(|e| bad(name, v, format!("not an integer ({e})")))
+    t.parse::<i64>()
+        .map(Some)
+        .map_err(|e| bad(name, v, format!("not an integer ({e})")))
 }
 
 /// CRI's `LinuxContainerResources` as CRI-O serialises it (Go's protobuf JSON names).
@@ -256,7 +287,9 @@ pub enum LimitsSource {
 /// The pod's limits from the sandbox spec's annotations: containerd's if any is present,
 /// else CRI-O's; `None` when neither runtime passed any. Values that do not parse are
 /// errors naming the annotation; absurd values are left to [`size_vm`]'s maxima.
-pub fn pod_limits(ann: &HashMap<String, String>) -> Result<Option<(ContainerLimits, LimitsSource)>, SizingError> {
+pub fn pod_limits(
+    ann: &HashMap<String, String>,
+) -> Result<Option<(ContainerLimits, LimitsSource)>, SizingError> {
     let quota = int_annotation(ann, CRI_SANDBOX_CPU_QUOTA)?;
     let period = int_annotation(ann, CRI_SANDBOX_CPU_PERIOD)?;
     let memory = int_annotation(ann, CRI_SANDBOX_MEMORY)?;
@@ -276,11 +309,25 @@ pub fn pod_limits(ann: &HashMap<String, String>) -> Result<Option<(ContainerLimi
     for name in [CRIO_POD_RESOURCES, CRIO_POD_RESOURCES_V1] {
         let Some(v) = ann.get(name) else { continue };
         if v.len() > MAX_ANNOTATION_LEN {
-            return Err(bad(name, v, format!("longer than {MAX_ANNOTATION_LEN} bytes")));
+            return Err(bad(
+                name,
+                v,
+                format!("longer than {MAX_ANNOTATION_LEN} bytes"),
+            ));
         }
-        let r: CrioResources = serde_json::from_str(v).map_err(|e| bad(name, v, format!("not CRI LinuxContainerResources JSON ({e})")))?;
+        let r: CrioResources = serde_json::from_str(v).map_err(|e| {
+            bad(
+                name,
+                v,
+                format!("not CRI LinuxContainerResources JSON ({e})"),
+            )
+        })?;
         if r.cpu_period < 0 {
-            return Err(bad(name, v, format!("cpu_period {} is negative", r.cpu_period)));
+            return Err(bad(
+                name,
+                v,
+                format!("cpu_period {} is negative", r.cpu_period),
+            ));
         }
         let limits = ContainerLimits {
             memory_limit_bytes: Some(r.memory_limit_in_bytes),
@@ -294,7 +341,11 @@ pub fn pod_limits(ann: &HashMap<String, String>) -> Result<Option<(ContainerLimi
 
 /// Whether `container`'s own limits fit in a VM of `size`; the error names the field, the
 /// value and the VM's size.
-pub fn check_fits(size: &VmSize, container: &str, limits: &ContainerLimits) -> Result<(), SizingError> {
+pub fn check_fits(
+    size: &VmSize,
+    container: &str,
+    limits: &ContainerLimits,
+) -> Result<(), SizingError> {
     if let Some(mib) = limits.memory_mib() {
         if mib > size.memory_mib {
             return Err(SizingError::DoesNotFit {
@@ -310,7 +361,11 @@ pub fn check_fits(size: &VmSize, container: &str, limits: &ContainerLimits) -> R
             return Err(SizingError::DoesNotFit {
                 container: container.into(),
                 field: "linux.resources.cpu.quota/period",
-                value: format!("{} / {} µs ({cpus} CPUs)", limits.cpu_quota.unwrap_or(0), limits.cpu_period.unwrap_or(0)),
+                value: format!(
+                    "{} / {} µs ({cpus} CPUs)",
+                    limits.cpu_quota.unwrap_or(0),
+                    limits.cpu_period.unwrap_or(0)
+                ),
                 limit: format!("{} vCPUs", size.vcpus),
             });
         }
@@ -320,27 +375,57 @@ pub fn check_fits(size: &VmSize, container: &str, limits: &ContainerLimits) -> R
 
 /// A Kubernetes CPU quantity (`3`, `1.5`, `500m`) in millicpus.
 pub fn parse_cpu_quantity(s: &str) -> Result<u64, SizingError> {
-    let err = |why: &str| SizingError::Quantity { what: "cpu", value: s.chars().take(64).collect(), why: why.into() };
+    let err = |why: &str| SizingError::Quantity {
+        what: "cpu",
+        value: s.chars().take(64).collect(),
+        why: why.into(),
+    };
     let t = s.trim();
     if let Some(m) = t.strip_suffix('m') {
-        return m.parse::<u64>().map_err(|_| err("expected <integer>m, <integer> or <decimal>"));
+        return m
+            .parse::<u64>()
+            .map_err(|_| err("expected <integer>m, <integer> or <decimal>"));
     }
     let (int, frac) = t.split_once('.').unwrap_or((t, ""));
-    if (int.is_empty() && frac.is_empty()) || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) || frac.len() > 3 {
-        return Err(err("expected <integer>m, <integer> or <decimal> (at most 3 decimals)"));
+    if (int.is_empty() && frac.is_empty())
+        || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
+        || frac.len() > 3
+    {
+        return Err(err(
+            "expected <integer>m, <integer> or <decimal> (at most 3 decimals)",
+        ));
     }
-    let whole: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| err("too large"))? };
-    let milli: u64 = if frac.is_empty() { 0 } else { format!("{frac:0<3}").parse().map_err(|_| err("bad decimals"))? };
-    whole.checked_mul(1000).and_then(|w| w.checked_add(milli)).ok_or_else(|| err("too large"))
+    let whole: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| err("too large"))?
+    };
+    let milli: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<3}")
+            .parse()
+            .map_err(|_| err("bad decimals"))?
+    };
+    whole
+        .checked_mul(1000)
+        .and_then(|w| w.checked_add(milli))
+        .ok_or_else(|| err("too large"))
 }
 
 /// A Kubernetes memory quantity (`3Gi`, `512Mi`, `1G`, `1000k`, bytes) in bytes.
 pub fn parse_memory_quantity(s: &str) -> Result<u64, SizingError> {
-    let err = |why: &str| SizingError::Quantity { what: "memory", value: s.chars().take(64).collect(), why: why.into() };
+    let err = |why: &str| SizingError::Quantity {
+        what: "memory",
+        value: s.chars().take(64).collect(),
+        why: why.into(),
+    };
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| err("expected <integer>[Ki|Mi|Gi|Ti|k|M|G|T]"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| err("expected <integer>[Ki|Mi|Gi|Ti|k|M|G|T]"))?;
     let mult: u64 = match unit {
         "" => 1,
         "Ki" => 1 << 10,
@@ -358,7 +443,10 @@ pub fn parse_memory_quantity(s: &str) -> Result<u64, SizingError> {
 
 /// The limits a pod with `resources.limits` `cpu`/`memory` arrives with: the quota the
 /// kubelet derives (`millicpus × 100000 / 1000` per 100 ms period), the memory in bytes.
-pub fn from_quantities(cpu: Option<&str>, memory: Option<&str>) -> Result<ContainerLimits, SizingError> {
+pub fn from_quantities(
+    cpu: Option<&str>,
+    memory: Option<&str>,
+) -> Result<ContainerLimits, SizingError> {
     let mut l = ContainerLimits::default();
     if let Some(c) = cpu {
         let milli = parse_cpu_quantity(c)?;
@@ -380,45 +468,97 @@ mod tests {
     const GIB: i64 = 1 << 30;
 
     fn c(mem: Option<i64>, quota: Option<i64>, period: Option<u64>) -> ContainerLimits {
-        ContainerLimits { memory_limit_bytes: mem, cpu_quota: quota, cpu_period: period }
+        ContainerLimits {
+            memory_limit_bytes: mem,
+            cpu_quota: quota,
+            cpu_period: period,
+        }
     }
 
     fn ann(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn no_limits_gives_defaults() {
         let cfg = SizingConfig::default();
-        assert_eq!(size_vm(&cfg, &[]), VmSize { vcpus: 1, memory_mib: 512, capped: false });
-        assert_eq!(size_vm(&cfg, &[c(None, None, None), c(Some(-1), Some(-1), Some(100_000))]).memory_mib, 512);
+        assert_eq!(
+            size_vm(&cfg, &[]),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 512,
+                capped: false
+            }
+        );
+        assert_eq!(
+            size_vm(
+                &cfg,
+                &[c(None, None, None), c(Some(-1), Some(-1), Some(100_000))]
+            )
+            .memory_mib,
+            512
+        );
     }
 
     #[test]
     fn limits_raise_the_size() {
-        let cfg = SizingConfig { overhead_vcpus: 1, ..SizingConfig::default() };
+        let cfg = SizingConfig {
+            overhead_vcpus: 1,
+            ..SizingConfig::default()
+        };
         // 1 GiB + 512 MiB + 256 overhead; 1.5 + 0.25 cpus → 2, + 1 overhead.
         let s = size_vm(
             &cfg,
-            &[c(Some(GIB), Some(150_000), Some(100_000)), c(Some(GIB / 2), Some(25_000), Some(100_000))],
+            &[
+                c(Some(GIB), Some(150_000), Some(100_000)),
+                c(Some(GIB / 2), Some(25_000), Some(100_000)),
+            ],
         );
-        assert_eq!(s, VmSize { vcpus: 3, memory_mib: 1024 + 512 + 256, capped: false });
+        assert_eq!(
+            s,
+            VmSize {
+                vcpus: 3,
+                memory_mib: 1024 + 512 + 256,
+                capped: false
+            }
+        );
     }
 
     #[test]
     fn small_limits_keep_the_defaults() {
-        let cfg = SizingConfig { default_vcpus: 2, ..SizingConfig::default() };
+        let cfg = SizingConfig {
+            default_vcpus: 2,
+            ..SizingConfig::default()
+        };
         let s = size_vm(&cfg, &[c(Some(64 << 20), Some(50_000), Some(100_000))]);
         assert_eq!((s.vcpus, s.memory_mib), (2, 512));
         // Rounded up to whole MiB.
-        assert_eq!(size_vm(&cfg, &[c(Some(GIB + 1), None, None)]).memory_mib, 1024 + 1 + 256);
+        assert_eq!(
+            size_vm(&cfg, &[c(Some(GIB + 1), None, None)]).memory_mib,
+            1024 + 1 + 256
+        );
     }
 
     #[test]
     fn caps_and_overflow() {
         let cfg = SizingConfig::default();
-        let s = size_vm(&cfg, &[c(Some(i64::MAX), Some(i64::MAX), Some(1)), c(Some(i64::MAX), Some(i64::MAX), Some(1))]);
-        assert_eq!(s, VmSize { vcpus: 8, memory_mib: 16384, capped: true });
+        let s = size_vm(
+            &cfg,
+            &[
+                c(Some(i64::MAX), Some(i64::MAX), Some(1)),
+                c(Some(i64::MAX), Some(i64::MAX), Some(1)),
+            ],
+        );
+        assert_eq!(
+            s,
+            VmSize {
+                vcpus: 8,
+                memory_mib: 16384,
+                capped: true
+            }
+        );
         assert_eq!(size_vm(&cfg, &[c(None, Some(1000), Some(0))]).vcpus, 1);
     }
 
@@ -433,7 +573,14 @@ mod tests {
         let (l, src) = pod_limits(&a).unwrap().unwrap();
         assert_eq!(src, LimitsSource::Containerd);
         let s = size_vm(&SizingConfig::default(), &[l]);
-        assert_eq!(s, VmSize { vcpus: 3, memory_mib: 3072 + 256, capped: false });
+        assert_eq!(
+            s,
+            VmSize {
+                vcpus: 3,
+                memory_mib: 3072 + 256,
+                capped: false
+            }
+        );
         // What containerd sends for a pod without limits.
         let none = ann(&[
             (CRI_SANDBOX_CPU_PERIOD, "100000"),
@@ -442,7 +589,14 @@ mod tests {
             (CRI_SANDBOX_MEMORY, "0"),
         ]);
         let (l, _) = pod_limits(&none).unwrap().unwrap();
-        assert_eq!(size_vm(&SizingConfig::default(), &[l]), VmSize { vcpus: 1, memory_mib: 512, capped: false });
+        assert_eq!(
+            size_vm(&SizingConfig::default(), &[l]),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 512,
+                capped: false
+            }
+        );
         assert_eq!(pod_limits(&ann(&[("other", "x")])).unwrap(), None);
     }
 
@@ -452,10 +606,19 @@ mod tests {
         for key in [CRIO_POD_RESOURCES, CRIO_POD_RESOURCES_V1] {
             let (l, src) = pod_limits(&ann(&[(key, json)])).unwrap().unwrap();
             assert_eq!(src, LimitsSource::CriO);
-            assert_eq!(size_vm(&SizingConfig::default(), &[l]), VmSize { vcpus: 3, memory_mib: 3328, capped: false });
+            assert_eq!(
+                size_vm(&SizingConfig::default(), &[l]),
+                VmSize {
+                    vcpus: 3,
+                    memory_mib: 3328,
+                    capped: false
+                }
+            );
         }
         // Go's JSON of an empty message.
-        let (l, _) = pod_limits(&ann(&[(CRIO_POD_RESOURCES, "{}")])).unwrap().unwrap();
+        let (l, _) = pod_limits(&ann(&[(CRIO_POD_RESOURCES, "{}")]))
+            .unwrap()
+            .unwrap();
         assert_eq!(size_vm(&SizingConfig::default(), &[l]).vcpus, 1);
     }
 
@@ -473,15 +636,28 @@ mod tests {
             assert!(e.contains(k) && e.contains(&v.replace('"', "\\\"")), "{e}");
         }
         let long = "1".repeat(MAX_ANNOTATION_LEN + 1);
-        let e = pod_limits(&ann(&[(CRI_SANDBOX_MEMORY, &long)])).unwrap_err().to_string();
+        let e = pod_limits(&ann(&[(CRI_SANDBOX_MEMORY, &long)]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("longer than") && e.len() < 300, "{e}");
     }
 
     #[test]
     fn absurd_annotations_are_capped() {
-        let a = ann(&[(CRI_SANDBOX_CPU_PERIOD, "1"), (CRI_SANDBOX_CPU_QUOTA, &i64::MAX.to_string()), (CRI_SANDBOX_MEMORY, &i64::MAX.to_string())]);
+        let a = ann(&[
+            (CRI_SANDBOX_CPU_PERIOD, "1"),
+            (CRI_SANDBOX_CPU_QUOTA, &i64::MAX.to_string()),
+            (CRI_SANDBOX_MEMORY, &i64::MAX.to_string()),
+        ]);
         let (l, _) = pod_limits(&a).unwrap().unwrap();
-        assert_eq!(size_vm(&SizingConfig::default(), &[l]), VmSize { vcpus: 8, memory_mib: 16384, capped: true });
+        assert_eq!(
+            size_vm(&SizingConfig::default(), &[l]),
+            VmSize {
+                vcpus: 8,
+                memory_mib: 16384,
+                capped: true
+            }
+        );
     }
 
     #[test]
@@ -501,26 +677,62 @@ mod tests {
         }
         let l = from_quantities(Some("3"), Some("3Gi")).unwrap();
         assert_eq!(l, c(Some(3 * GIB), Some(300_000), Some(100_000)));
-        assert_eq!(size_vm(&SizingConfig::default(), &[l]), VmSize { vcpus: 3, memory_mib: 3328, capped: false });
+        assert_eq!(
+            size_vm(&SizingConfig::default(), &[l]),
+            VmSize {
+                vcpus: 3,
+                memory_mib: 3328,
+                capped: false
+            }
+        );
     }
 
     #[test]
     fn containers_that_do_not_fit_are_named() {
-        let size = VmSize { vcpus: 2, memory_mib: 1024, capped: false };
+        let size = VmSize {
+            vcpus: 2,
+            memory_mib: 1024,
+            capped: false,
+        };
         check_fits(&size, "c1", &c(Some(GIB), Some(200_000), Some(100_000))).unwrap();
-        let e = check_fits(&size, "c1", &c(Some(2 * GIB), None, None)).unwrap_err().to_string();
-        assert!(e.contains("c1") && e.contains("memory.limit = 2048 MiB") && e.contains("1024 MiB"), "{e}");
-        let e = check_fits(&size, "c2", &c(None, Some(250_000), Some(100_000))).unwrap_err().to_string();
-        assert!(e.contains("cpu.quota/period") && e.contains("3 CPUs") && e.contains("2 vCPUs"), "{e}");
+        let e = check_fits(&size, "c1", &c(Some(2 * GIB), None, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c1") && e.contains("memory.limit = 2048 MiB") && e.contains("1024 MiB"),
+            "{e}"
+        );
+        let e = check_fits(&size, "c2", &c(None, Some(250_000), Some(100_000)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpu.quota/period") && e.contains("3 CPUs") && e.contains("2 vCPUs"),
+            "{e}"
+        );
     }
 
     #[test]
     fn config_validation() {
         SizingConfig::default().validate().unwrap();
-        let e = SizingConfig { max_vcpus: 0, ..SizingConfig::default() }.validate().unwrap_err();
+        let e = SizingConfig {
+            max_vcpus: 0,
+            ..SizingConfig::default()
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("max_vcpus"), "{e}");
-        let e = SizingConfig { max_memory_mib: 100, ..SizingConfig::default() }.validate().unwrap_err();
+        let e = SizingConfig {
+            max_memory_mib: 100,
+            ..SizingConfig::default()
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("max_memory_mib"), "{e}");
-        assert!(SizingConfig { max_vcpus: 1000, ..SizingConfig::default() }.validate().is_err());
+        assert!(SizingConfig {
+            max_vcpus: 1000,
+            ..SizingConfig::default()
+        }
+        .validate()
+        .is_err());
     }
 }

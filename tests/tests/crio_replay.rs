@@ -56,13 +56,17 @@ fn drain(p: &Path) -> std::sync::Arc<std::sync::Mutex<String>> {
     let o = out.clone();
     let p = p.to_path_buf();
     std::thread::spawn(move || {
-        let Ok(mut f) = std::fs::File::open(&p) else { return };
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            return;
+        };
         let mut buf = [0u8; 4096];
         while let Ok(n) = f.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            o.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     out
@@ -87,13 +91,27 @@ fn bundle(dir: &Path, args: &[&str], annotations: HashMap<String, String>) {
 fn runtime_options(config_path: &str) -> Any {
     let mut value = vec![0x12, u8::try_from(config_path.len()).unwrap()];
     value.extend_from_slice(config_path.as_bytes());
-    Any { type_url: "runtimeoptions.v1.Options".into(), value, ..Default::default() }
+    Any {
+        type_url: "runtimeoptions.v1.Options".into(),
+        value,
+        ..Default::default()
+    }
 }
 
 /// `startRuntimeDaemon`: the shim's `start` in `bundle`, as CRI-O runs it.
 fn shim_start(shim: &Path, id: &str, bundle: &Path) -> String {
     let out = Command::new(shim)
-        .args(["-namespace", "default", "-address", "", "-publish-binary", "/usr/bin/crio", "-id", id, "start"])
+        .args([
+            "-namespace",
+            "default",
+            "-address",
+            "",
+            "-publish-binary",
+            "/usr/bin/crio",
+            "-id",
+            id,
+            "start",
+        ])
         .current_dir(bundle)
         .env("GOMAXPROCS", "2")
         .env("MAX_SHIM_VERSION", "2")
@@ -103,20 +121,38 @@ fn shim_start(shim: &Path, id: &str, bundle: &Path) -> String {
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "shim start {id}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "shim start {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn crio_common(kind: &str, sandbox_id: &str, image: &str, log_path: &Path) -> HashMap<String, String> {
+fn crio_common(
+    kind: &str,
+    sandbox_id: &str,
+    image: &str,
+    log_path: &Path,
+) -> HashMap<String, String> {
     [
         ("io.kubernetes.cri-o.ContainerType", kind),
         ("io.kubernetes.cri-o.SandboxID", sandbox_id),
-        ("io.kubernetes.cri-o.SandboxName", "k8s_crio-pod_default_uid_0"),
+        (
+            "io.kubernetes.cri-o.SandboxName",
+            "k8s_crio-pod_default_uid_0",
+        ),
         ("io.kubernetes.cri-o.ImageName", image),
         ("io.kubernetes.cri-o.Image", image),
         ("io.kubernetes.cri-o.LogPath", log_path.to_str().unwrap()),
-        ("io.kubernetes.cri-o.Created", "2026-12-07T17:00:00.000000000Z"),
-        ("io.kubernetes.cri-o.Labels", "{\"io.kubernetes.pod.name\":\"crio-pod\"}"),
+        (
+            "io.kubernetes.cri-o.Created",
+            "2026-12-07T17:00:00.000000000Z",
+        ),
+        (
+            "io.kubernetes.cri-o.Labels",
+            "{\"io.kubernetes.pod.name\":\"crio-pod\"}",
+        ),
         ("io.kubernetes.cri-o.Annotations", "{}"),
         ("io.container.manager", "cri-o"),
         ("io.kubernetes.pod.name", "crio-pod"),
@@ -127,14 +163,22 @@ fn crio_common(kind: &str, sandbox_id: &str, image: &str, log_path: &Path) -> Ha
     .collect()
 }
 
-fn create_req(id: &str, bundle: &Path, out: &Path, err: &Path, cfg: &Path) -> api::CreateTaskRequest {
+fn create_req(
+    id: &str,
+    bundle: &Path,
+    out: &Path,
+    err: &Path,
+    cfg: &Path,
+) -> api::CreateTaskRequest {
     api::CreateTaskRequest {
         id: id.into(),
         bundle: bundle.to_str().unwrap().into(),
         stdout: out.to_str().unwrap().into(),
         stderr: err.to_str().unwrap().into(),
         terminal: false,
-        options: containerd_shim_protos::protobuf::MessageField::some(runtime_options(cfg.to_str().unwrap())),
+        options: containerd_shim_protos::protobuf::MessageField::some(runtime_options(
+            cfg.to_str().unwrap(),
+        )),
         ..Default::default()
     }
 }
@@ -154,7 +198,8 @@ async fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crio_task_sequence_runs_a_pod() {
     let ctrd = containerd(); // the test registry (and its busybox) comes with it
-    let shim: PathBuf = find_binary(SHIM_BIN, "KATA_CC_SHIM").expect("build the shim: cargo build -p kata-cc-shim");
+    let shim: PathBuf =
+        find_binary(SHIM_BIN, "KATA_CC_SHIM").expect("build the shim: cargo build -p kata-cc-shim");
     let guest = kata_cc_tests::guest_image();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -179,7 +224,12 @@ async fn crio_task_sequence_runs_a_pod() {
     std::fs::create_dir_all(&fifos).unwrap();
 
     // RunPodSandbox: the infra container, with the pod's resources (limits cpu 2, memory 1Gi).
-    let mut ann = crio_common("sandbox", &sb_id, "registry.k8s.io/pause:3.10", &root.join("logs/sb.log"));
+    let mut ann = crio_common(
+        "sandbox",
+        &sb_id,
+        "registry.k8s.io/pause:3.10",
+        &root.join("logs/sb.log"),
+    );
     ann.insert(
         "pod-linux-resources.crio.io".into(),
         r#"{"cpu_period":100000,"cpu_quota":200000,"cpu_shares":2048,"memory_limit_in_bytes":1073741824}"#.into(),
@@ -188,7 +238,9 @@ async fn crio_task_sequence_runs_a_pod() {
     ann.insert("io.kubernetes.cri-o.ContainerID".into(), sb_id.clone());
     bundle(&sb_bundle, &["/pause"], ann);
     let address = shim_start(&shim, &sb_id, &sb_bundle);
-    let client = Client::connect(&address).await.unwrap_or_else(|e| panic!("dial {address}: {e}"));
+    let client = Client::connect(&address)
+        .await
+        .unwrap_or_else(|e| panic!("dial {address}: {e}"));
     let task = TaskClient::new(client);
     let (so, se) = (fifos.join("sb-stdout"), fifos.join("sb-stderr"));
     mkfifo(&so);
@@ -196,15 +248,34 @@ async fn crio_task_sequence_runs_a_pod() {
     drain(&so);
     drain(&se);
     let t = Instant::now();
-    let r = task.create(ctx(), &create_req(&sb_id, &sb_bundle, &so, &se, &cfg)).await;
+    let r = task
+        .create(ctx(), &create_req(&sb_id, &sb_bundle, &so, &se, &cfg))
+        .await;
     let r = r.unwrap_or_else(|e| panic!("Create sandbox: {e}"));
     let boot = t.elapsed();
     assert!(r.pid > 0, "the sandbox's pid is QEMU's");
-    task.start(ctx(), &api::StartRequest { id: sb_id.clone(), ..Default::default() }).await.unwrap();
+    task.start(
+        ctx(),
+        &api::StartRequest {
+            id: sb_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let sb_wait = {
         let task = task.clone();
         let id = sb_id.clone();
-        tokio::spawn(async move { task.wait(ttrpc::context::with_timeout(0), &api::WaitRequest { id, ..Default::default() }).await })
+        tokio::spawn(async move {
+            task.wait(
+                ttrpc::context::with_timeout(0),
+                &api::WaitRequest {
+                    id,
+                    ..Default::default()
+                },
+            )
+            .await
+        })
     };
 
     // CreateContainer: another `start` in the container's bundle answers with the pod's shim.
@@ -214,11 +285,18 @@ async fn crio_task_sequence_runs_a_pod() {
     ann.insert("io.kubernetes.cri-o.TTY".into(), "false".into());
     bundle(
         &ctr_bundle,
-        &["/bin/sh", "-c", "echo hello-from-crio; echo kernel=$(uname -r); echo nproc=$(nproc); exec sleep 600"],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo hello-from-crio; echo kernel=$(uname -r); echo nproc=$(nproc); exec sleep 600",
+        ],
         ann,
     );
     let again = shim_start(&shim, &ctr_id, &ctr_bundle);
-    assert_eq!(again, address, "the container's `start` must return its sandbox's shim");
+    assert_eq!(
+        again, address,
+        "the container's `start` must return its sandbox's shim"
+    );
     let (co, ce) = (fifos.join("c-stdout"), fifos.join("c-stderr"));
     mkfifo(&co);
     mkfifo(&ce);
@@ -227,35 +305,135 @@ async fn crio_task_sequence_runs_a_pod() {
     task.create(ctx(), &create_req(&ctr_id, &ctr_bundle, &co, &ce, &cfg))
         .await
         .unwrap_or_else(|e| panic!("Create container: {e}"));
-    task.start(ctx(), &api::StartRequest { id: ctr_id.clone(), ..Default::default() }).await.unwrap();
+    task.start(
+        ctx(),
+        &api::StartRequest {
+            id: ctr_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let ctr_wait = {
         let task = task.clone();
         let id = ctr_id.clone();
-        tokio::spawn(async move { task.wait(ttrpc::context::with_timeout(0), &api::WaitRequest { id, ..Default::default() }).await })
+        tokio::spawn(async move {
+            task.wait(
+                ttrpc::context::with_timeout(0),
+                &api::WaitRequest {
+                    id,
+                    ..Default::default()
+                },
+            )
+            .await
+        })
     };
-    wait_for("the container's output", Duration::from_secs(60), || stdout.lock().unwrap().contains("nproc=")).await;
+    wait_for("the container's output", Duration::from_secs(60), || {
+        stdout.lock().unwrap().contains("nproc=")
+    })
+    .await;
     let out = stdout.lock().unwrap().clone();
-    eprintln!("CRI-O replay: sandbox Create (VM boot) {boot:?}; container stdout: {out:?}; stderr: {:?}", stderr.lock().unwrap());
+    eprintln!(
+        "CRI-O replay: sandbox Create (VM boot) {boot:?}; container stdout: {out:?}; stderr: {:?}",
+        stderr.lock().unwrap()
+    );
     assert!(out.contains("hello-from-crio"), "{out}");
-    assert!(out.contains(&format!("kernel={}", guest.kernel_release)), "not the guest kernel: {out}");
-    assert!(out.contains("nproc=2"), "the VM is sized from pod-linux-resources.crio.io (2 CPUs): {out}");
+    assert!(
+        out.contains(&format!("kernel={}", guest.kernel_release)),
+        "not the guest kernel: {out}"
+    );
+    assert!(
+        out.contains("nproc=2"),
+        "the VM is sized from pod-linux-resources.crio.io (2 CPUs): {out}"
+    );
 
     // UpdateContainerStatus.
-    let st = task.state(ctx(), &api::StateRequest { id: ctr_id.clone(), ..Default::default() }).await.unwrap();
-    assert_eq!(st.status.enum_value_or_default(), containerd_shim_protos::types::task::Status::RUNNING, "{st:?}");
+    let st = task
+        .state(
+            ctx(),
+            &api::StateRequest {
+                id: ctr_id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        st.status.enum_value_or_default(),
+        containerd_shim_protos::types::task::Status::RUNNING,
+        "{st:?}"
+    );
 
     // StopContainer (the timeout elapsed: SIGKILL), DeleteContainer (Delete + Shutdown).
-    task.kill(ctx(), &api::KillRequest { id: ctr_id.clone(), signal: 9, ..Default::default() }).await.unwrap();
-    let w = tokio::time::timeout(Duration::from_secs(60), ctr_wait).await.unwrap().unwrap().unwrap();
+    task.kill(
+        ctx(),
+        &api::KillRequest {
+            id: ctr_id.clone(),
+            signal: 9,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let w = tokio::time::timeout(Duration::from_secs(60), ctr_wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(w.exit_status, 137);
-    task.delete(ctx(), &api::DeleteRequest { id: ctr_id.clone(), ..Default::default() }).await.unwrap();
-    task.shutdown(ctx(), &api::ShutdownRequest { id: ctr_id.clone(), ..Default::default() }).await.unwrap();
+    task.delete(
+        ctx(),
+        &api::DeleteRequest {
+            id: ctr_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    task.shutdown(
+        ctx(),
+        &api::ShutdownRequest {
+            id: ctr_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
 
     // StopPodSandbox + RemovePodSandbox: the infra container the same way; the shim exits.
-    task.kill(ctx(), &api::KillRequest { id: sb_id.clone(), signal: 9, ..Default::default() }).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), sb_wait).await.unwrap().unwrap().unwrap();
-    task.delete(ctx(), &api::DeleteRequest { id: sb_id.clone(), ..Default::default() }).await.unwrap();
-    let _ = task.shutdown(ctx(), &api::ShutdownRequest { id: sb_id.clone(), ..Default::default() }).await;
+    task.kill(
+        ctx(),
+        &api::KillRequest {
+            id: sb_id.clone(),
+            signal: 9,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), sb_wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    task.delete(
+        ctx(),
+        &api::DeleteRequest {
+            id: sb_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _ = task
+        .shutdown(
+            ctx(),
+            &api::ShutdownRequest {
+                id: sb_id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
     wait_for("the pod's processes to go", Duration::from_secs(30), || {
         processes_mentioning(&sb_id).is_empty() && !state.join(&sb_id).exists()
     })

@@ -38,7 +38,14 @@ fn mem_total_kib(meminfo: &str) -> u64 {
 fn vm_boot_ms(log: &str, id: &str) -> Option<u64> {
     log.lines()
         .filter(|l| l.contains(&format!("pod={id} phase=vm_boot")))
-        .find_map(|l| l.split("ms=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .find_map(|l| {
+            l.split("ms=")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
 }
 
 /// Runs a pod (with `resources` if given), starts one container, and returns the guest's
@@ -55,16 +62,30 @@ async fn guest_size(
     })
     .await;
     let cid = pod.create_start(cri, "c", SLEEP).await;
-    let nproc: u64 = cri.exec_ok(&cid, &["/bin/busybox", "nproc"]).await.trim().parse().unwrap();
-    let meminfo = cri.exec_ok(&cid, &["/bin/busybox", "cat", "/proc/meminfo"]).await;
+    let nproc: u64 = cri
+        .exec_ok(&cid, &["/bin/busybox", "nproc"])
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let meminfo = cri
+        .exec_ok(&cid, &["/bin/busybox", "cat", "/proc/meminfo"])
+        .await;
     let log = ctrd.log_since(from);
     let boot = vm_boot_ms(&log, &pod.id);
-    let sizing = log.lines().find(|l| l.contains("kata-cc sizing:") && l.contains(&pod.id)).unwrap_or("").to_string();
+    let sizing = log
+        .lines()
+        .find(|l| l.contains("kata-cc sizing:") && l.contains(&pod.id))
+        .unwrap_or("")
+        .to_string();
     let id = pod.id.clone();
     // A container asking for more memory than the VM has is refused, naming the limit.
     let mut big = Pod::container_config("big", SLEEP);
     big.linux = Some(pb::LinuxContainerConfig {
-        resources: Some(pb::LinuxContainerResources { memory_limit_in_bytes: 64 * GIB, ..Default::default() }),
+        resources: Some(pb::LinuxContainerResources {
+            memory_limit_in_bytes: 64 * GIB,
+            ..Default::default()
+        }),
         ..Default::default()
     });
     let req = pb::CreateContainerRequest {
@@ -72,12 +93,17 @@ async fn guest_size(
         config: Some(big),
         sandbox_config: Some(pod.config.clone()),
     };
-    let e = within(Duration::from_secs(120), "CreateContainer big", cri.rt.create_container(req))
-        .await
-        .expect_err("a container with a 64 GiB limit must not fit");
+    let e = within(
+        Duration::from_secs(120),
+        "CreateContainer big",
+        cri.rt.create_container(req),
+    )
+    .await
+    .expect_err("a container with a 64 GiB limit must not fit");
     let msg = e.message().to_string();
     assert!(
-        msg.contains("linux.resources.memory.limit = 65536 MiB") && msg.contains("does not fit in the pod VM"),
+        msg.contains("linux.resources.memory.limit = 65536 MiB")
+            && msg.contains("does not fit in the pod VM"),
         "{msg}"
     );
     pod.stop_remove(cri).await;
@@ -102,16 +128,35 @@ async fn pod_limits_size_the_vm_seen_from_the_guest() {
     let (nproc, mem_kib, boot_sized, sizing) = guest_size(&mut cri, "sized", Some(limits)).await;
     let vm_mib = 3 * 1024 + OVERHEAD_MEMORY_MIB;
     eprintln!("sized pod: nproc={nproc} MemTotal={mem_kib} kB (VM {vm_mib} MiB) vm_boot_ms={boot_sized:?}");
-    assert!(sizing.contains(&format!("vcpus=3 memory_mib={vm_mib} from containerd sandbox annotations")), "{sizing}");
+    assert!(
+        sizing.contains(&format!(
+            "vcpus=3 memory_mib={vm_mib} from containerd sandbox annotations"
+        )),
+        "{sizing}"
+    );
     assert_eq!(nproc, 3, "guest nproc of a cpu: 3 pod");
     // MemTotal is the VM's RAM less what the kernel reserves (its image, page tables).
-    assert!(mem_kib >= 3 * 1024 * 1024, "MemTotal {mem_kib} kB < 3 GiB asked");
-    assert!(mem_kib <= vm_mib * 1024, "MemTotal {mem_kib} kB > the VM's {vm_mib} MiB");
+    assert!(
+        mem_kib >= 3 * 1024 * 1024,
+        "MemTotal {mem_kib} kB < 3 GiB asked"
+    );
+    assert!(
+        mem_kib <= vm_mib * 1024,
+        "MemTotal {mem_kib} kB > the VM's {vm_mib} MiB"
+    );
 
     let (nproc, mem_kib, boot_default, sizing) = guest_size(&mut cri, "unsized", None).await;
     eprintln!("default pod: nproc={nproc} MemTotal={mem_kib} kB vm_boot_ms={boot_default:?}");
-    assert!(sizing.contains(&format!("vcpus={DEFAULT_VCPUS} memory_mib={DEFAULT_MEMORY_MIB}")), "{sizing}");
+    assert!(
+        sizing.contains(&format!(
+            "vcpus={DEFAULT_VCPUS} memory_mib={DEFAULT_MEMORY_MIB}"
+        )),
+        "{sizing}"
+    );
     assert_eq!(nproc, DEFAULT_VCPUS);
-    assert!(mem_kib <= DEFAULT_MEMORY_MIB * 1024 && mem_kib > DEFAULT_MEMORY_MIB * 1024 / 2, "MemTotal {mem_kib} kB");
+    assert!(
+        mem_kib <= DEFAULT_MEMORY_MIB * 1024 && mem_kib > DEFAULT_MEMORY_MIB * 1024 / 2,
+        "MemTotal {mem_kib} kB"
+    );
     eprintln!("kata-cc sizing figures: vm_boot_ms sized(3 vCPU, {vm_mib} MiB)={boot_sized:?} default=({boot_default:?})");
 }
