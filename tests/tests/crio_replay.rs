@@ -203,7 +203,8 @@ async fn crio_task_sequence_runs_a_pod() {
     let guest = kata_cc_tests::guest_image();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let state = root.join("state");
+    // Short: QEMU's sockets live below it (108-byte limit).
+    let state = PathBuf::from(format!("/run/kccr-{}", std::process::id()));
     let cfg = root.join("configuration.toml");
     std::fs::write(
         &cfg,
@@ -216,8 +217,8 @@ async fn crio_task_sequence_runs_a_pod() {
     )
     .unwrap();
 
-    let sb_id = format!("crio{:0>60}", std::process::id());
-    let ctr_id = format!("ctr{:0>61}", std::process::id());
+    let sb_id = format!("c0{:062x}", std::process::id());
+    let ctr_id = format!("c1{:062x}", std::process::id());
     let sb_bundle = root.join("bundles").join(&sb_id);
     let ctr_bundle = root.join("bundles").join(&ctr_id);
     let fifos = root.join("fifos");
@@ -438,4 +439,5 @@ async fn crio_task_sequence_runs_a_pod() {
         processes_mentioning(&sb_id).is_empty() && !state.join(&sb_id).exists()
     })
     .await;
+    let _ = std::fs::remove_dir_all(&state);
 }

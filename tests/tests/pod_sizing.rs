@@ -88,15 +88,14 @@ async fn guest_size(
         }),
         ..Default::default()
     });
-    let req = pb::CreateContainerRequest {
-        pod_sandbox_id: id.clone(),
-        config: Some(big),
-        sandbox_config: Some(pod.config.clone()),
-    };
+    // CRI CreateContainer only records it; StartContainer creates the shim task.
+    let big_id = pod.create(cri, big).await;
     let e = within(
         Duration::from_secs(120),
-        "CreateContainer big",
-        cri.rt.create_container(req),
+        "StartContainer big",
+        cri.rt.start_container(pb::StartContainerRequest {
+            container_id: big_id,
+        }),
     )
     .await
     .expect_err("a container with a 64 GiB limit must not fit");
