@@ -51,7 +51,7 @@ enum Cmd {
     /// TDX MRTD/RTMRs are not computed (MRTD needs the TDVF image, which Debian does
     /// not ship).
     #[command(verbatim_doc_comment)]
-    Measure(MeasureArgs),
+    Measure(Box<MeasureArgs>),
 }
 
 /// Output of `measure`.
