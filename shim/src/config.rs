@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hypervisor::sizing::SizingConfig;
 use serde::Deserialize;
 
 /// Where the configuration lives unless the runtime options or the environment say otherwise.
@@ -78,12 +79,25 @@ pub struct HypervisorConfig {
     pub kernel: PathBuf,
     /// Guest initramfs (the agent is its PID 1).
     pub initramfs: PathBuf,
-    /// vCPUs of an empty pod (grows with the containers' CPU limits).
+    /// vCPUs of a pod without a CPU limit, and the least a pod VM gets
+    /// (`hypervisor::sizing`).
     #[serde(default = "default_vcpus")]
     pub vcpus: u32,
-    /// Memory of an empty pod in MiB (grows with the containers' memory limits).
+    /// Memory in MiB of a pod without a memory limit, and the least a pod VM gets.
     #[serde(default = "default_memory")]
     pub memory_mib: u64,
+    /// vCPUs added to a pod's CPU limit.
+    #[serde(default = "default_overhead_vcpus")]
+    pub overhead_vcpus: u32,
+    /// MiB added to a pod's memory limit (guest kernel, agent, page cache).
+    #[serde(default = "default_overhead_memory")]
+    pub overhead_memory_mib: u64,
+    /// Most vCPUs a pod VM gets, whatever its limits.
+    #[serde(default = "default_max_vcpus")]
+    pub max_vcpus: u32,
+    /// Most memory (MiB) a pod VM gets, whatever its limits.
+    #[serde(default = "default_max_memory")]
+    pub max_memory_mib: u64,
     /// How long QEMU may take to come up and the agent to answer.
     #[serde(default = "default_boot_timeout")]
     pub boot_timeout_secs: u64,
@@ -187,10 +201,22 @@ fn default_vhost() -> PathBuf {
     "vhost-device-vsock".into()
 }
 fn default_vcpus() -> u32 {
-    1
+    SizingConfig::default().default_vcpus
 }
 fn default_memory() -> u64 {
-    512
+    SizingConfig::default().default_memory_mib
+}
+fn default_overhead_vcpus() -> u32 {
+    SizingConfig::default().overhead_vcpus
+}
+fn default_overhead_memory() -> u64 {
+    SizingConfig::default().overhead_memory_mib
+}
+fn default_max_vcpus() -> u32 {
+    SizingConfig::default().max_vcpus
+}
+fn default_max_memory() -> u64 {
+    SizingConfig::default().max_memory_mib
 }
 fn default_boot_timeout() -> u64 {
     60
@@ -223,9 +249,7 @@ impl Config {
                 "tee.kind = \"sim\" is the simulated TEE (not confidential): set tee.allow_simulated = true to use it".into(),
             ));
         }
-        if c.hypervisor.vcpus == 0 || c.hypervisor.memory_mib < 128 {
-            return Err(invalid("hypervisor.vcpus must be >= 1 and hypervisor.memory_mib >= 128".into()));
-        }
+        c.sizing().validate().map_err(invalid)?;
         if c.hypervisor.boot_timeout_secs == 0 || c.agent.timeout_secs == 0 {
             return Err(invalid("timeouts must be > 0".into()));
         }
@@ -238,6 +262,20 @@ impl Config {
             return Err(invalid("runtime.state_dir must be absolute".into()));
         }
         Ok(c)
+    }
+
+    /// The pod VM sizing rule's configuration (`[hypervisor]` vcpus, memory_mib,
+    /// overhead_*, max_*).
+    pub fn sizing(&self) -> SizingConfig {
+        let h = &self.hypervisor;
+        SizingConfig {
+            default_vcpus: h.vcpus,
+            default_memory_mib: h.memory_mib,
+            overhead_vcpus: h.overhead_vcpus,
+            overhead_memory_mib: h.overhead_memory_mib,
+            max_vcpus: h.max_vcpus,
+            max_memory_mib: h.max_memory_mib,
+        }
     }
 
     /// How long a VM may take to boot.
@@ -315,6 +353,23 @@ mod tests {
         assert!(Config::parse("[hypervisor]\nkernel = \"/k\"\n", Path::new("c")).is_err());
         let bad = format!("{MIN}[agent]\ninsecure_registries = [\"a b\"]\n");
         assert!(Config::parse(&bad, Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn sizing_keys() {
+        let c = Config::parse(MIN, Path::new("c")).unwrap();
+        assert_eq!(c.sizing(), SizingConfig::default());
+        let c = Config::parse(
+            "[hypervisor]\nkernel=\"/k\"\ninitramfs=\"/i\"\nvcpus=2\nmemory_mib=1024\noverhead_vcpus=1\noverhead_memory_mib=128\nmax_vcpus=4\nmax_memory_mib=4096\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        let s = c.sizing();
+        assert_eq!((s.default_vcpus, s.default_memory_mib, s.overhead_vcpus, s.overhead_memory_mib, s.max_vcpus, s.max_memory_mib), (2, 1024, 1, 128, 4, 4096));
+        let e = Config::parse(&format!("{MIN}max_vcpus = 0\n"), Path::new("c")).unwrap_err();
+        assert!(e.to_string().contains("hypervisor.max_vcpus"), "{e}");
+        let e = Config::parse(&format!("{MIN}vcpus = 0\n"), Path::new("c")).unwrap_err();
+        assert!(e.to_string().contains("hypervisor.vcpus"), "{e}");
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Shim for KataShim {
 
     /// Not reached: `main` runs the daemon itself (see `server.rs`).
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        TaskService::new(self.namespace.clone(), publisher, Arc::clone(&self.exit))
+        TaskService::new(self.namespace.clone(), Some(publisher), Arc::clone(&self.exit))
     }
 }
 

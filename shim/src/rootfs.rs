@@ -21,6 +21,70 @@ pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// The image of a CRI container.
 pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
+/// CRI-O's container type (`sandbox` | `container`), as its `internal/annotations`
+/// names it.
+pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
+/// CRI-O's pod sandbox id.
+pub const CRIO_SANDBOX_ID: &str = "io.kubernetes.cri-o.SandboxID";
+/// CRI-O: some name of the container's image (empty when it was referenced by id).
+pub const CRIO_IMAGE_NAME: &str = "io.kubernetes.cri-o.ImageName";
+/// CRI-O: the image as the pod spec asked for it.
+pub const CRIO_USER_IMAGE: &str = "io.kubernetes.cri-o.Image";
+
+/// What the shim needs to know about a container from its CRI runtime, whichever that
+/// is (containerd's `io.kubernetes.cri.*` or CRI-O's `io.kubernetes.cri-o.*`
+/// annotations): the one place that reads them ([`cri_view`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CriView {
+    /// `sandbox`, `container`, or `None` (not a CRI container: `ctr run`).
+    pub container_type: Option<String>,
+    /// The pod sandbox the container belongs to.
+    pub sandbox_id: Option<String>,
+    /// The image to pull in the guest.
+    pub image_name: Option<String>,
+}
+
+/// The neutral view of `ann`. A key given by both runtimes with different values is an
+/// error naming both.
+pub fn cri_view(ann: &std::collections::HashMap<String, String>) -> Result<CriView, String> {
+    let pick = |cri: &str, crio: &[&str]| -> Result<Option<String>, String> {
+        let a = ann.get(cri).filter(|v| !v.is_empty());
+        let b = crio.iter().find_map(|k| ann.get(*k).filter(|v| !v.is_empty()).map(|v| (*k, v)));
+        match (a, b) {
+            (Some(a), Some((k, b))) if a != b => {
+                Err(format!("conflicting annotations {cri} = {a:?} and {k} = {b:?}"))
+            }
+            (Some(a), _) => Ok(Some(a.clone())),
+            (None, Some((_, b))) => Ok(Some(b.clone())),
+            (None, None) => Ok(None),
+        }
+    };
+    Ok(CriView {
+        container_type: pick(CONTAINER_TYPE, &[CRIO_CONTAINER_TYPE])?,
+        sandbox_id: pick(SANDBOX_ID, &[CRIO_SANDBOX_ID])?,
+        image_name: pick(IMAGE_NAME, &[CRIO_IMAGE_NAME, CRIO_USER_IMAGE])?,
+    })
+}
+
+/// Writes the neutral view back under containerd's keys, so that everything after it
+/// (the shim, and the guest agent and policy, which see the OCI spec) reads one set of
+/// annotations. The CRI-O keys stay as they were.
+pub fn normalize_cri_annotations(spec: &mut Spec) -> Result<CriView, String> {
+    let mut ann = spec.annotations().clone().unwrap_or_default();
+    let view = cri_view(&ann)?;
+    for (key, value) in [
+        (CONTAINER_TYPE, &view.container_type),
+        (SANDBOX_ID, &view.sandbox_id),
+        (IMAGE_NAME, &view.image_name),
+    ] {
+        if let Some(v) = value {
+            ann.insert(key.to_string(), v.clone());
+        }
+    }
+    spec.set_annotations(Some(ann));
+    Ok(view)
+}
+
 /// The guest directory of sandbox storages (Kata's), and the pod's shm in it: an
 /// `ephemeral` tmpfs CreateSandbox asks for ([`sandbox_shm_storage`]), which every
 /// container's `/dev/shm` binds.
@@ -37,8 +101,8 @@ const MAX_DIR_BYTES: u64 = 8 * 1024 * 1024;
 /// Where a container's image comes from, as far as the host can tell.
 pub fn image_reference(spec: &Spec, rootfs: &[ShimMount]) -> Result<String, String> {
     let ann = spec.annotations().clone().unwrap_or_default();
-    if let Some(image) = ann.get(IMAGE_NAME).filter(|s| !s.is_empty()) {
-        return Ok(image.clone());
+    if let Some(image) = cri_view(&ann)?.image_name {
+        return Ok(image);
     }
     if let Some(r) = rootfs.iter().flat_map(|m| m.options.iter()).find_map(|o| o.strip_prefix(IMAGE_REF_OPTION)) {
         if r.is_empty() {
@@ -281,6 +345,40 @@ mod tests {
         s.set_annotations(Some(ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
         s.set_mounts(Some(mounts));
         s
+    }
+
+    #[test]
+    fn crio_annotations_map_to_the_containerd_keys() {
+        // What CRI-O puts on a container's spec (server/container_create.go).
+        let mut spec = spec_with(
+            &[
+                (CRIO_CONTAINER_TYPE, "container"),
+                (CRIO_SANDBOX_ID, "sb1"),
+                (CRIO_IMAGE_NAME, "10.88.0.1:5000/busybox:latest"),
+                (CRIO_USER_IMAGE, "busybox"),
+                ("io.kubernetes.cri-o.LogPath", "/var/log/pods/x/c/0.log"),
+            ],
+            vec![],
+        );
+        let view = normalize_cri_annotations(&mut spec).unwrap();
+        assert_eq!(view.container_type.as_deref(), Some("container"));
+        let ann = spec.annotations().clone().unwrap();
+        assert_eq!(ann[CONTAINER_TYPE], "container");
+        assert_eq!(ann[SANDBOX_ID], "sb1");
+        assert_eq!(ann[IMAGE_NAME], "10.88.0.1:5000/busybox:latest");
+        assert_eq!(ann[CRIO_SANDBOX_ID], "sb1", "CRI-O's keys stay");
+        assert_eq!(image_reference(&spec, &[]).unwrap(), "10.88.0.1:5000/busybox:latest");
+        // An image referenced by id has an empty ImageName: the requested image.
+        let mut s = spec_with(&[(CRIO_CONTAINER_TYPE, "container"), (CRIO_IMAGE_NAME, ""), (CRIO_USER_IMAGE, "r/busybox")], vec![]);
+        assert_eq!(normalize_cri_annotations(&mut s).unwrap().image_name.as_deref(), Some("r/busybox"));
+        // containerd's keys alone are left as they are; none at all is `ctr run`.
+        let mut c = spec_with(&[(CONTAINER_TYPE, "sandbox"), (SANDBOX_ID, "p")], vec![]);
+        assert_eq!(normalize_cri_annotations(&mut c).unwrap().sandbox_id.as_deref(), Some("p"));
+        assert_eq!(normalize_cri_annotations(&mut spec_with(&[], vec![])).unwrap(), CriView::default());
+        // Both runtimes' keys, disagreeing: refused, naming both.
+        let mut bad = spec_with(&[(CONTAINER_TYPE, "container"), (CRIO_CONTAINER_TYPE, "sandbox")], vec![]);
+        let e = normalize_cri_annotations(&mut bad).unwrap_err();
+        assert!(e.contains(CONTAINER_TYPE) && e.contains(CRIO_CONTAINER_TYPE), "{e}");
     }
 
     fn bind(src: &Path, dst: &str) -> Mount {

@@ -13,6 +13,8 @@ use protocols::agent as pb;
 use protocols::{AgentAddr, AgentClient, ConnectOptions};
 use serde::{Deserialize, Serialize};
 
+use hypervisor::sizing::{self, ContainerLimits, LimitsSource, SizingError, VmSize};
+
 use crate::config::{Config, StandaloneNetwork, TeeKind};
 
 /// What can go wrong starting a pod VM.
@@ -67,6 +69,8 @@ pub struct Sandbox {
     pub net: Option<PodNetState>,
     /// Phases of the start.
     pub timings: Timings,
+    /// The VM's size.
+    pub size: VmSize,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -113,6 +117,33 @@ pub fn netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
     spec.linux().as_ref()?.namespaces().as_ref()?.iter().find_map(|ns| {
         (ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network).then(|| ns.path().clone()).flatten()
     })
+}
+
+/// A container's own limits (OCI `linux.resources`).
+pub fn oci_limits(spec: &oci_spec::runtime::Spec) -> ContainerLimits {
+    let r = spec.linux().as_ref().and_then(|l| l.resources().clone());
+    let cpu = r.as_ref().and_then(|r| r.cpu().clone());
+    ContainerLimits {
+        memory_limit_bytes: r.as_ref().and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()),
+        cpu_quota: cpu.as_ref().and_then(|c| c.quota()),
+        cpu_period: cpu.as_ref().and_then(|c| c.period()),
+    }
+}
+
+/// The size of the pod VM `spec` starts, and where its limits came from: the CRI
+/// runtime's sandbox annotations (containerd or CRI-O), else for a container that is its
+/// own pod its `linux.resources`; the rule is [`sizing::size_vm`] (docs/architecture.md,
+/// "Pod VM size").
+pub fn pod_size(cfg: &Config, spec: &oci_spec::runtime::Spec) -> Result<(VmSize, &'static str), SizingError> {
+    let ann = spec.annotations().clone().unwrap_or_default();
+    let is_sandbox = ann.get(crate::rootfs::CONTAINER_TYPE).is_some_and(|t| t == "sandbox");
+    let (limits, source) = match sizing::pod_limits(&ann)? {
+        Some((l, LimitsSource::Containerd)) => (l, "containerd sandbox annotations"),
+        Some((l, LimitsSource::CriO)) => (l, "CRI-O pod resources annotation"),
+        None if is_sandbox => (ContainerLimits::default(), "no pod limits given"),
+        None => (oci_limits(spec), "the container's linux.resources"),
+    };
+    Ok((sizing::size_vm(&cfg.sizing(), &[limits]), source))
 }
 
 /// Starts the pod VM for `id` as `spec` (the sandbox or standalone container spec) asks.
@@ -175,10 +206,19 @@ async fn start_in(
     };
     timings.network = t.elapsed();
 
+    let (size, source) = pod_size(cfg, spec).map_err(|e| SandboxError::Prepare(format!("pod VM size: {e}")))?;
+    if size.capped {
+        tracing::warn!(
+            "pod {id}: limits ({source}) exceed hypervisor.max_vcpus {} / max_memory_mib {}: capped",
+            cfg.hypervisor.max_vcpus,
+            cfg.hypervisor.max_memory_mib
+        );
+    }
+    tracing::info!("kata-cc sizing: pod={id} vcpus={} memory_mib={} from {source}", size.vcpus, size.memory_mib);
     let mut vm = VmSpec::new(vm_id(id), &cfg.hypervisor.kernel, dir.join("vm"));
     vm.initramfs = Some(cfg.hypervisor.initramfs.clone());
-    vm.vcpus = cfg.hypervisor.vcpus;
-    vm.memory_mib = cfg.hypervisor.memory_mib;
+    vm.vcpus = size.vcpus;
+    vm.memory_mib = size.memory_mib;
     vm.console_log = Some(dir.join("console.log"));
     vm.boot_timeout = cfg.boot_timeout();
     let mut params: Vec<String> =
@@ -269,7 +309,7 @@ async fn start_in(
         timings.agent_ready.as_millis(),
         timings.sandbox_setup.as_millis()
     );
-    Ok(Sandbox { id: id.to_string(), vm, agent, dir: dir.to_path_buf(), net: state.net.clone(), timings })
+    Ok(Sandbox { id: id.to_string(), vm, agent, dir: dir.to_path_buf(), net: state.net.clone(), timings, size })
 }
 
 /// Interface, routes and neighbours of the pod network (or the user-mode NIC), then
@@ -339,6 +379,12 @@ fn user_net() -> (Option<protocols::types::Interface>, Vec<protocols::types::Rou
 }
 
 impl Sandbox {
+    /// Refuses a container whose own limits exceed the VM (no CPU or memory hotplug:
+    /// the pod's size is fixed at boot).
+    pub fn check_fits(&self, cid: &str, spec: &oci_spec::runtime::Spec) -> Result<(), String> {
+        sizing::check_fits(&self.size, cid, &oci_limits(spec)).map_err(|e| e.to_string())
+    }
+
     /// Stops the VM (graceful for `grace`, then killed), tears down the network and
     /// removes the state dir. Idempotent.
     pub async fn stop(&self, grace: Duration) {
@@ -435,6 +481,43 @@ pub fn error_chain<E: std::error::Error + Send + Sync + 'static>(e: E) -> String
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn spec(ann: &[(&str, &str)], mem: Option<i64>, quota: Option<i64>) -> oci_spec::runtime::Spec {
+        let json = serde_json::json!({
+            "ociVersion": "1.1.0",
+            "annotations": ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::HashMap<_, _>>(),
+            "linux": { "resources": { "memory": { "limit": mem }, "cpu": { "quota": quota, "period": 100000 } } }
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn pod_size_sources() {
+        let cfg = Config::parse("[hypervisor]\nkernel=\"/k\"\ninitramfs=\"/i\"\n", Path::new("c")).unwrap();
+        let gib = 1i64 << 30;
+        // containerd's sandbox annotations win over the pause container's resources.
+        let s = spec(
+            &[
+                (crate::rootfs::CONTAINER_TYPE, "sandbox"),
+                (sizing::CRI_SANDBOX_CPU_QUOTA, "300000"),
+                (sizing::CRI_SANDBOX_CPU_PERIOD, "100000"),
+                (sizing::CRI_SANDBOX_MEMORY, "3221225472"),
+            ],
+            None,
+            Some(50_000),
+        );
+        let (size, src) = pod_size(&cfg, &s).unwrap();
+        assert_eq!((size.vcpus, size.memory_mib, src), (3, 3328, "containerd sandbox annotations"));
+        // A CRI sandbox without limits: the default, not the pause container's resources.
+        let s = spec(&[(crate::rootfs::CONTAINER_TYPE, "sandbox")], Some(4 * gib), Some(400_000));
+        assert_eq!(pod_size(&cfg, &s).unwrap().0, VmSize { vcpus: 1, memory_mib: 512, capped: false });
+        // `ctr run --memory-limit --cpus`: the container's own limits.
+        let (size, src) = pod_size(&cfg, &spec(&[], Some(gib), Some(200_000))).unwrap();
+        assert_eq!((size.vcpus, size.memory_mib, src), (2, 1280, "the container's linux.resources"));
+        // A bad annotation is an error naming it.
+        let e = pod_size(&cfg, &spec(&[(sizing::CRI_SANDBOX_MEMORY, "lots")], None, None)).unwrap_err().to_string();
+        assert!(e.contains(sizing::CRI_SANDBOX_MEMORY) && e.contains("lots"), "{e}");
+    }
 
     #[test]
     fn vm_ids_are_safe() {

@@ -74,8 +74,15 @@ pub async fn serve(flags: &Flags) -> Result<(), ServeError> {
         let _ = std::fs::write("address", flags.socket.as_bytes());
         return Ok(());
     };
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| setup("TTRPC_ADDRESS")("not set".into()))?;
-    let publisher = RemotePublisher::new(&ttrpc_address).await.map_err(|e| setup("event publisher")(e.to_string()))?;
+    // containerd passes its event socket; CRI-O passes an empty one (it learns of exits
+    // from Wait, not from events).
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+    let publisher = if ttrpc_address.is_empty() {
+        log::info!("no TTRPC_ADDRESS: task events are not published");
+        None
+    } else {
+        Some(RemotePublisher::new(&ttrpc_address).await.map_err(|e| setup("event publisher")(e.to_string()))?)
+    };
     let exit = Arc::new(ExitSignal::default());
     let svc = TaskService::new(flags.namespace.clone(), publisher, Arc::clone(&exit));
     let listener = ttrpc::r#async::transport::Listener::try_from(listener)

@@ -117,7 +117,8 @@ impl PodState {
 
 struct Shared {
     namespace: String,
-    publisher: RemotePublisher,
+    /// `None` when the runtime gave no event address (CRI-O).
+    publisher: Option<RemotePublisher>,
     exit: Arc<ExitSignal>,
     pod: Mutex<PodState>,
     /// Serialises Create (the first one boots the VM).
@@ -158,17 +159,15 @@ fn read_spec(bundle: &str) -> Result<oci_spec::runtime::Spec, ttrpc::Error> {
 
 /// Grouping id of a container: its CRI sandbox, or itself.
 pub fn pod_id_of(spec: &oci_spec::runtime::Spec, id: &str) -> String {
-    spec.annotations()
-        .as_ref()
-        .and_then(|a| a.get(rootfs::SANDBOX_ID))
-        .filter(|s| !s.is_empty())
-        .cloned()
+    rootfs::cri_view(&spec.annotations().clone().unwrap_or_default())
+        .ok()
+        .and_then(|v| v.sandbox_id)
         .unwrap_or_else(|| id.to_string())
 }
 
 impl TaskService {
     /// A service publishing events for `namespace` through `publisher`.
-    pub fn new(namespace: String, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(namespace: String, publisher: Option<RemotePublisher>, exit: Arc<ExitSignal>) -> Self {
         TaskService {
             s: Arc::new(Shared {
                 namespace,
@@ -182,7 +181,8 @@ impl TaskService {
 
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let ctx = ttrpc::context::with_timeout(0);
-        if let Err(e) = self.s.publisher.publish(ctx, topic, &self.s.namespace, event).await {
+        let Some(publisher) = &self.s.publisher else { return };
+        if let Err(e) = publisher.publish(ctx, topic, &self.s.namespace, event).await {
             tracing::warn!("publish {topic}: {e}");
         }
     }
@@ -305,8 +305,9 @@ impl TaskService {
     async fn create_inner(&self, req: &api::CreateTaskRequest) -> Result<u32, ttrpc::Error> {
         let _serial = self.s.create.lock().await;
         let mut spec = read_spec(&req.bundle)?;
-        let ann = spec.annotations().clone().unwrap_or_default();
-        let ctype = ann.get(rootfs::CONTAINER_TYPE).map(String::as_str);
+        // CRI-O's annotations become containerd's (docs/crio.md).
+        let view = rootfs::normalize_cri_annotations(&mut spec).map_err(precondition)?;
+        let ctype = view.container_type.as_deref();
         let owns_pod = ctype.is_none() || ctype == Some("sandbox");
         {
             let pod = self.s.pod.lock().await;
@@ -325,6 +326,9 @@ impl TaskService {
             }
             if pod.vm_dead {
                 return Err(status(ttrpc::Code::UNAVAILABLE, "the pod VM is gone"));
+            }
+            if let (false, Some(sb)) = (owns_pod, &pod.sandbox) {
+                sb.check_fits(&req.id, &spec).map_err(precondition)?;
             }
         }
 

@@ -51,7 +51,7 @@ enum Cmd {
     /// TDX MRTD/RTMRs are not computed (MRTD needs the TDVF image, which Debian does
     /// not ship).
     #[command(verbatim_doc_comment)]
-    Measure(MeasureArgs),
+    Measure(Box<MeasureArgs>),
 }
 
 /// Output of `measure`.
@@ -97,9 +97,23 @@ struct MeasureArgs {
     /// whitespace).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     append: String,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
+    /// Number of vCPUs, as given (default: the pod VM size from --pod-cpu/--pod-memory
+    /// and --config, which is 1 vCPU for a pod without limits and the default
+    /// configuration).
+    #[arg(long, conflicts_with_all = ["pod_cpu", "pod_memory"])]
+    vcpus: Option<u32>,
+    /// The pod's CPU limit (sum of its containers' `resources.limits.cpu`: `3`, `1.5`,
+    /// `500m`): the vCPU count is computed as the shim sizes the pod VM.
+    #[arg(long)]
+    pod_cpu: Option<String>,
+    /// The pod's memory limit (`3Gi`, `512Mi`); not measured, printed with the size.
+    #[arg(long)]
+    pod_memory: Option<String>,
+    /// The runtime's configuration.toml whose [hypervisor] vcpus, memory_mib,
+    /// overhead_vcpus, overhead_memory_mib, max_vcpus, max_memory_mib size the pod VM
+    /// (default: the shim's defaults for those keys).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// QEMU -cpu model (EPYC, EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, EPYC-Turin, ...)
     /// [SNP only; default: EPYC-v4].
     #[arg(long)]
@@ -138,7 +152,52 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The pod VM's size: `--vcpus` as given, else [`hypervisor::sizing::size_vm`] of the pod
+/// limits with the configuration's sizing keys (the rule the shim boots with).
+fn pod_size(a: &MeasureArgs) -> Result<hypervisor::sizing::VmSize, MeasureError> {
+    use hypervisor::sizing::{from_quantities, size_vm, SizingConfig, VmSize};
+    let cfg = match &a.config {
+        None => SizingConfig::default(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| MeasureError::Read {
+                what: "configuration",
+                path: p.clone(),
+                source,
+            })?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| MeasureError::Sizing(format!("{}: {e}", p.display())))?;
+            let cfg: SizingConfig = match table.get("hypervisor") {
+                Some(h) => h
+                    .clone()
+                    .try_into()
+                    .map_err(|e| MeasureError::Sizing(format!("{} [hypervisor]: {e}", p.display())))?,
+                None => SizingConfig::default(),
+            };
+            cfg.validate()
+                .map_err(|e| MeasureError::Sizing(format!("{}: {e}", p.display())))?;
+            cfg
+        }
+    };
+    if let Some(v) = a.vcpus {
+        return Ok(VmSize {
+            vcpus: v,
+            memory_mib: cfg.default_memory_mib,
+            capped: false,
+        });
+    }
+    let limits = from_quantities(a.pod_cpu.as_deref(), a.pod_memory.as_deref())
+        .map_err(|e| MeasureError::Sizing(e.to_string()))?;
+    Ok(size_vm(&cfg, &[limits]))
+}
+
 fn measure(a: &MeasureArgs) -> Result<String, MeasureError> {
+    let size = pod_size(a)?;
+    if size.capped {
+        eprintln!(
+            "kata-cc measure: the pod's limits exceed the configured maxima: capped to {} vCPUs, {} MiB",
+            size.vcpus, size.memory_mib
+        );
+    }
     let image = if a.kernel.is_some() && a.initrd.is_some() {
         None
     } else {
@@ -154,7 +213,7 @@ fn measure(a: &MeasureArgs) -> Result<String, MeasureError> {
         .clone()
         .or_else(|| image.as_ref().map(|i| i.initrd.clone()));
     if a.tee == Tee::Sim {
-        return measure_sim(a, kernel, initrd, image.as_ref());
+        return measure_sim(a, size, kernel, initrd, image.as_ref());
     }
     let ovmf = a.ovmf.clone().unwrap_or_else(|| DEFAULT_OVMF.into());
     let vcpu_type = a
@@ -167,7 +226,7 @@ fn measure(a: &MeasureArgs) -> Result<String, MeasureError> {
         initrd.as_deref(),
         &ovmf,
         &a.append,
-        a.vcpus,
+        size.vcpus,
         &vcpu_type,
     )?;
     let host_data = a
@@ -180,7 +239,7 @@ fn measure(a: &MeasureArgs) -> Result<String, MeasureError> {
         kernel,
         initrd,
         cmdline,
-        vcpus: a.vcpus,
+        vcpus: size.vcpus,
         vcpu_type,
         guest_features: a.guest_features.unwrap_or(0x1),
     };
@@ -214,8 +273,8 @@ fn measure(a: &MeasureArgs) -> Result<String, MeasureError> {
             }
             c.push(format!("cmdline: {:?}", inputs.cmdline));
             c.push(format!(
-                "vcpus: {}, vcpu type: {}, guest features: {:#x}",
-                inputs.vcpus, inputs.vcpu_type, inputs.guest_features
+                "vcpus: {} (pod VM memory {} MiB, not measured), vcpu type: {}, guest features: {:#x}",
+                inputs.vcpus, size.memory_mib, inputs.vcpu_type, inputs.guest_features
             ));
             image_comments(&mut c, image.as_ref(), a);
             measure::kbs_fragment(&m, host_data.as_ref(), &c)
@@ -245,6 +304,7 @@ fn image_comments(c: &mut Vec<String>, image: Option<&GuestImage>, a: &MeasureAr
 /// `measure --tee sim`: [`measure::sim_launch_measurement`].
 fn measure_sim(
     a: &MeasureArgs,
+    size: hypervisor::sizing::VmSize,
     kernel: PathBuf,
     initrd: Option<PathBuf>,
     image: Option<&GuestImage>,
@@ -260,7 +320,7 @@ fn measure_sim(
         }
     }
     let (m, cmdline) =
-        measure::sim_launch_measurement(&kernel, initrd.as_deref(), &a.append, a.vcpus)?;
+        measure::sim_launch_measurement(&kernel, initrd.as_deref(), &a.append, size.vcpus)?;
     let host_data = a
         .initdata
         .as_deref()
@@ -279,7 +339,7 @@ fn measure_sim(
                 c.push(format!("initrd: {}", i.display()));
             }
             c.push(format!("cmdline: {cmdline:?}"));
-            c.push(format!("vcpus: {}", a.vcpus));
+            c.push(format!("vcpus: {} (pod VM memory {} MiB, not measured)", size.vcpus, size.memory_mib));
             image_comments(&mut c, image, a);
             let m = measure::SnpMeasurement {
                 digest: m,

@@ -74,6 +74,9 @@ pub enum MeasureError {
          measurement); use an AmdSev OVMF build, or pass --allow-unmeasured-kernel to accept that"
     )]
     KernelNotMeasured(PathBuf),
+    /// The pod's limits or the sizing configuration are not usable.
+    #[error("pod VM size: {0}")]
+    Sizing(String),
     /// Unknown `-cpu` model.
     #[error("unknown vCPU type {0:?}; known: {known}", known = VCPU_TYPES.join(", "))]
     VcpuType(String),

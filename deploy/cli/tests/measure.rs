@@ -601,3 +601,49 @@ fn sim_refuses_snp_only_options_and_bad_inputs() {
         assert!(!o.ok && o.stderr.contains(want), "{args:?}: {}", o.stderr);
     }
 }
+
+/// The vCPU count of a pod sized by its limits is the shim's (`hypervisor::sizing`), and
+/// reaches the digest: `--pod-cpu 3` measures what `--vcpus 3` does, a configuration with
+/// `overhead_vcpus = 1` what `--vcpus 4` does, and `max_vcpus` caps it.
+#[test]
+fn pod_limits_size_the_measured_vcpus_as_the_shim_does() {
+    let b = boot(b"kernel-bytes", b"initrd-bytes");
+    let ovmf = fixture("ovmf_AmdSev_suffix.bin");
+    let base = [
+        "--ovmf",
+        ovmf.to_str().unwrap(),
+        "--kernel",
+        &b.kernel,
+        "--initrd",
+        &b.initrd,
+    ];
+    let d = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let o = kata_cc(&args);
+        assert!(o.ok, "{extra:?}: {}", o.stderr);
+        o.stdout.trim().to_string()
+    };
+    let three = d(&["--vcpus", "3"]);
+    assert_eq!(d(&["--pod-cpu", "3", "--pod-memory", "3Gi"]), three);
+    assert_eq!(d(&["--pod-cpu", "2500m"]), three);
+    assert_eq!(d(&[]), d(&["--vcpus", "1"]), "no limits: the default size");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("configuration.toml");
+    std::fs::write(
+        &cfg,
+        "[hypervisor]\nkernel = \"/k\"\ninitramfs = \"/i\"\noverhead_vcpus = 1\nmax_vcpus = 6\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    assert_eq!(d(&["--config", c, "--pod-cpu", "3"]), d(&["--vcpus", "4"]));
+    assert_eq!(d(&["--config", c, "--pod-cpu", "64"]), d(&["--vcpus", "6"]));
+    // Bad quantities and conflicting options are refused, naming the value.
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--pod-cpu", "three"]);
+    let o = kata_cc(&args);
+    assert!(!o.ok && o.stderr.contains("\"three\""), "{}", o.stderr);
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--pod-cpu", "3", "--vcpus", "3"]);
+    assert!(!kata_cc(&args).ok);
+}
