@@ -16,8 +16,11 @@
 #       --image  default $CARGO_TARGET_DIR/deploy-image/oci:latest (deploy/build-deploy-image.sh)
 #       VERSION  1.6, 1.7, 2.1 (default: all)
 #
-# Needs root, runc, umoci, jq. Not tested here: the node label (KATA_CC_DEPLOY_LABEL=0: no
-# API server) and restarting the real containerd (KATA_CC_DEPLOY_RESTART is an echo).
+# Then the node label: install and uninstall against a stand-in API server (python3, TLS with
+# its own CA, the service account token mounted where a pod has it) must send the merge
+# patches that set and remove katacontainers.io/kata-cc-runtime on the node.
+# Needs root, runc, umoci, jq, openssl, python3. Not tested here: restarting a real
+# containerd (KATA_CC_DEPLOY_RESTART is an echo, run through nsenter).
 # Prints one line per case and "N passed, N failed"; exits nonzero on any failure.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -76,12 +79,15 @@ snapshot() {
 run() {
     local node=$1 major=$2 arg=$3 id
     id=kcc-deploy-test-$$-$arg
-    jq --arg node "$node" --arg major "$major" --arg arg "$arg" '
+    jq --arg node "$node" --arg major "$major" --arg arg "$arg" --argjson xenv "${run_env:-[\"KATA_CC_DEPLOY_LABEL=0\"]}" \
+        --argjson xmounts "${run_mounts:-[]}" '
         .process.args = ["/opt/kata-cc-artifacts/kata-cc-deploy.sh", $arg]
         | .process.terminal = false
         | .process.env += ["NODE_NAME=test-node", "KATA_CC_CONTAINERD_MAJOR=" + $major,
                            "KATA_CC_DEPLOY_RESTART=echo restart-containerd-requested",
-                           "KATA_CC_DEPLOY_LABEL=0", "KATA_CC_DEPLOY_WAIT=0"]
+                           "KATA_CC_DEPLOY_WAIT=0"] + $xenv
+        | .mounts += $xmounts
+        | if $xmounts != [] then .linux.namespaces |= map(select(.type != "network")) else . end
         | .root.readonly = false
         | (["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FOWNER","CAP_FSETID","CAP_KILL","CAP_SETGID",
             "CAP_SETUID","CAP_SETPCAP","CAP_NET_BIND_SERVICE","CAP_SYS_CHROOT","CAP_MKNOD",
@@ -152,6 +158,57 @@ check() {
     passed=$((passed + 1))
 }
 
+# The node label, through a stand-in API server (TLS with its own CA, like the cluster's):
+# install sets katacontainers.io/kata-cc-runtime=true on the node with the service
+# account's token, uninstall removes it. The container shares this host's network here.
+check_label() {
+    case="label"
+    local d=$work/api node=$work/node-label log
+    mkdir -p "$d/sa" "$node/etc/containerd" "$node/usr/local/bin" "$node/opt/kata-cc" "$node/etc/kata-cc"
+    printf 'version = 3\n' >"$node/etc/containerd/config.toml"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=kubernetes -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$d/key.pem" -out "$d/sa/ca.crt" >/dev/null 2>&1 || { fail "openssl: cannot make a certificate"; return; }
+    printf 'test-token-%s' "$$" >"$d/sa/token"
+    log=$d/requests.log
+    python3 - "$d/sa/ca.crt" "$d/key.pem" "$log" "$d/port" <<'PY' &
+import http.server, ssl, sys
+cert, key, log, portfile = sys.argv[1:5]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_PATCH(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with open(log, "a") as f:
+            f.write("%s %s %s %s %s\n" % (self.command, self.path, self.headers.get("Authorization"),
+                                         self.headers.get("Content-Type"), body.decode()))
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
+        self.wfile.write(b"{}")
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+open(portfile, "w").write(str(s.server_address[1]))
+s.serve_forever()
+PY
+    local pid=$! i
+    for i in $(seq 50); do [[ -s $d/port ]] && break; sleep 0.1; done
+    [[ -s $d/port ]] || { kill "$pid"; fail "the stand-in API server did not start"; return; }
+    local run_env run_mounts
+    run_env=$(jq -nc --arg port "$(cat "$d/port")" '["KUBERNETES_SERVICE_HOST=127.0.0.1", "KUBERNETES_SERVICE_PORT=" + $port]')
+    run_mounts=$(jq -nc --arg sa "$d/sa" '[{destination: "/var/run/secrets/kubernetes.io/serviceaccount", type: "bind", source: $sa, options: ["rbind", "ro"]}]')
+    run "$node" 2 install; local rc1=$?
+    run "$node" 2 uninstall; local rc2=$?
+    kill "$pid"; wait "$pid" 2>/dev/null
+    ((rc1 == 0)) || { fail "install with the label failed: $(tail -n 3 "$node.install.log")"; return; }
+    ((rc2 == 0)) || { fail "uninstall with the label failed: $(tail -n 3 "$node.uninstall.log")"; return; }
+    local want="PATCH /api/v1/nodes/test-node Bearer test-token-$$ application/merge-patch+json"
+    [[ $(sed -n 1p "$log") == "$want "'{"metadata":{"labels":{"katacontainers.io/kata-cc-runtime":"true"}}}' ]] ||
+        { fail "install's request to the API server: $(sed -n 1p "$log")"; return; }
+    [[ $(sed -n 2p "$log") == "$want "'{"metadata":{"labels":{"katacontainers.io/kata-cc-runtime":null}}}' ]] ||
+        { fail "uninstall's request to the API server: $(sed -n 2p "$log")"; return; }
+    [[ $(wc -l <"$log") == 2 ]] || { fail "$(wc -l <"$log") requests to the API server, not 2"; return; }
+    echo "ok   label (set on install, removed on uninstall: merge patches with the service account token over TLS)"
+    passed=$((passed + 1))
+}
+
 for v in "${versions[@]}"; do
     case $v in
         1.6|1.7)
@@ -179,5 +236,6 @@ for v in "${versions[@]}"; do
     esac
     check "$v" none -
 done
+check_label
 echo "$passed passed, $failed failed"
 ((failed == 0))
