@@ -135,7 +135,6 @@ copy_prog() {
         copy_path "$lib"
     done < <(ldd "$p" 2>/dev/null | grep -oE '/[^ ]+' | grep -v ':$' || true)
 }
-pkgs=(coreutils)
 for f in $(dpkg-query -L coreutils | grep -E '^/(usr/)?s?bin/[^/]+$'); do
     [[ -f $f ]] && copy_prog "$f"
 done
@@ -143,16 +142,16 @@ for t in "${TOOLS[@]}"; do
     p=$(command -v "$t") || die "$t not found on this host (apt-get install it)"
     p=$(realpath -s "$p")
     copy_prog "$p"
-    pkgs+=("$(dpkg-query -S "$(realpath "$p")" 2>/dev/null | head -n1 | cut -d: -f1 || echo "?")")
 done
 ln -sf mawk "$root/usr/bin/awk"
 [[ -x $root/usr/bin/sh ]] || ln -sf bash "$root/usr/bin/sh"
-# Which Debian packages the tools came from, and their versions (for whoever audits the image).
+# Which Debian packages the copied files belong to, and their versions (for whoever audits
+# the image). dpkg knows some files by their pre-merged-/usr path (/bin/bash): both asked.
 {
-    echo "# Debian packages the tools in this image were copied from (deploy/build-deploy-image.sh)"
-    for p in $(printf '%s\n' "${pkgs[@]}" libc6 | LC_ALL=C sort -u); do
-        dpkg-query -W -f '${Package} ${Version}\n' "$p" 2>/dev/null || echo "$p ?"
-    done
+    echo "# Debian packages the files in /usr of this image were copied from (deploy/build-deploy-image.sh)"
+    (cd "$root" && find usr -path usr/local -prune -o -type f -printf '/%p\n' | sed 'p; s|^/usr/|/|') |
+        { xargs dpkg-query -S 2>/dev/null || true; } | cut -d: -f1 | tr ',' '\n' | sed 's/^ *//; s/ *$//' | LC_ALL=C sort -u |
+        xargs dpkg-query -W -f '${Package} ${Version}\n'
 } >"$root/opt/kata-cc-artifacts/debian-packages.txt"
 printf 'root:x:0:0:root:/root:/bin/bash\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
