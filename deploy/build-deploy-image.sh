@@ -83,6 +83,7 @@ fi
 for b in "${BINS[@]}"; do
     [[ -x $from/$b ]] || die "no $b in $from: cargo build --release (or --build, or --from DIR)"
 done
+[[ $from == */release ]] || log "note: binaries from $from, not a release build: an image for tests, not for nodes"
 for f in vmlinuz initramfs.cpio.gz manifest.txt; do
     [[ -f $guest/$f ]] || die "no $f in $guest: deploy/guest/build-image.sh --variant prod (or --build, or --guest DIR)"
 done
