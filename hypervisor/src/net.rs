@@ -285,6 +285,25 @@ pub fn teardown(state: &PodNetState) -> Result<(), NetError> {
     in_netns(&state.netns, || teardown_in_netns(state)).map(|_| ())
 }
 
+/// For CRI port-forward (the shim's forwarder, `shim/src/portforward.rs`): a TCP listener
+/// bound to `127.0.0.1:0` *inside* the namespace at `netns` (the socket stays in that
+/// namespace when the thread that made it leaves), and the namespace's IPv4 addresses
+/// other than loopback (the pod IPs, which the VM carries). `Ok(None)` if the namespace
+/// does not exist.
+pub fn loopback_listener(netns: &Path) -> Result<Option<(std::net::TcpListener, Vec<IpAddr>)>, NetError> {
+    in_netns(netns, || {
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| NetError::Config(format!("bind 127.0.0.1:0 in {}: {e}", netns.display())))?;
+        let mut nl = Netlink::open()?;
+        let ips = addresses(&mut nl)?
+            .into_iter()
+            .map(|a| a.ip)
+            .filter(|ip| ip.is_ipv4() && !ip.is_loopback())
+            .collect();
+        Ok((listener, ips))
+    })
+}
+
 /// Runs `f` on a new thread that has joined the namespace at `path`. `Ok(None)` if the
 /// namespace does not exist (any more).
 fn in_netns<T: Send>(

@@ -18,8 +18,11 @@ use protocols::AgentClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify};
 
-/// Largest chunk asked from the agent.
-const CHUNK: u32 = 64 * 1024;
+/// Largest chunk asked from the agent (and sent to it). Kept well below the 64 KiB TX
+/// buffer of vhost-device-vsock: with 64 KiB reads (a ttrpc frame just over the buffer)
+/// guest-to-host credit stalled after ~200 KiB and the agent connection hung
+/// (tests/tests/cri_streaming.rs, kata_cc_100mib_exec_stdout; docs/streaming.md).
+const CHUNK: u32 = 16 * 1024;
 /// Output bytes held for a slow FIFO reader before the agent stream is not read any more.
 pub const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod io;
+pub mod portforward;
 pub mod rootfs;
 pub mod sandbox;
 pub mod server;

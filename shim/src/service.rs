@@ -358,6 +358,12 @@ impl TaskService {
             drop(pod);
             self.spawn_vm_monitor(Arc::clone(&sb));
             self.spawn_oom_watch(sb.agent.clone());
+            if let Some(net) = &sb.net {
+                // CRI PortForward dials loopback in the pod netns; forward it to the VM.
+                if let Err(e) = crate::portforward::start(&net.netns).await {
+                    tracing::warn!("pod {}: port-forward unavailable: {e}", req.id);
+                }
+            }
             booted = Some(sb);
         }
 

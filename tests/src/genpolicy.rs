@@ -46,3 +46,20 @@ pub fn kubelet_config(p: &gen::GeneratedPolicy, name: &str, cmd: &[&str], image:
     sc.readonly_paths = p.data.common.readonly_paths.clone();
     cfg
 }
+
+/// Pushes `from` as `to` with the label `kata-cc-test=<to>` added, so that `to` is an image
+/// of its own (another config digest) in the test registry (plain HTTP).
+pub fn copy_image(from: &str, to: &str) {
+    let run = |cmd: &str, args: &[&str]| {
+        let out = std::process::Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+        assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}:img", dir.path().join("layout").display());
+    let (src, dst) = (format!("docker://{from}"), format!("docker://{to}"));
+    run("skopeo", &["--insecure-policy", "copy", "-q", "--src-tls-verify=false", &src, &layout]);
+    let image = format!("{}:img", dir.path().join("layout").display());
+    let label = format!("kata-cc-test={to}");
+    run("umoci", &["config", "--image", &image, "--config.label", &label]);
+    run("skopeo", &["--insecure-policy", "copy", "-q", "--dest-tls-verify=false", &layout, &dst]);
+}

@@ -12,6 +12,7 @@ use protocols::{AgentAddr, AgentClient, ConnectOptions};
 pub mod attest;
 pub mod cri;
 pub mod genpolicy;
+pub mod streaming;
 
 /// How to get what these tests need (CI does both).
 pub const SETUP: &str =

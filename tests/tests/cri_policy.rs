@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use k8s_cri::v1 as pb;
 use kata_cc_tests::cri::{containerd, unique_name, within, Cri, Pod, KATA_CC, POD_NAMESPACE};
-use kata_cc_tests::genpolicy::{generate, kubelet_config};
+use kata_cc_tests::genpolicy::{copy_image, generate, kubelet_config};
 use protocols::initdata;
 
 fn step(s: &str) {
@@ -52,22 +52,6 @@ spec:
         exec = json(&ALLOWED_EXEC),
         command = json(&COMMAND),
     )
-}
-
-/// Pushes `from` as `to` with a label added, so that `to` is an image of its own (another
-/// config digest) in the test registry (plain HTTP).
-fn copy_image(from: &str, to: &str) {
-    let run = |cmd: &str, args: &[&str]| {
-        let out = std::process::Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e}"));
-        assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = format!("oci:{}:img", dir.path().join("layout").display());
-    let (src, dst) = (format!("docker://{from}"), format!("docker://{to}"));
-    run("skopeo", &["--insecure-policy", "copy", "-q", "--src-tls-verify=false", &src, &layout]);
-    let image = format!("{}:img", dir.path().join("layout").display());
-    run("umoci", &["config", "--image", &image, "--config.label", "kata-cc-test=cri-policy"]);
-    run("skopeo", &["--insecure-policy", "copy", "-q", "--dest-tls-verify=false", &layout, &dst]);
 }
 
 #[tokio::test]
