@@ -39,8 +39,9 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 target=x86_64-unknown-linux-gnu
 
-# Kernel modules to load at boot, in load order (dependencies first).
-modules=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio_blk overlay failover net_failover virtio_net configfs tsm)
+# Kernel modules to load at boot, in load order (dependencies first). llc stp bridge: a
+# container with CAP_NET_ADMIN (privileged, or the capability added) manages bridges (critest).
+modules=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport virtio_blk overlay failover net_failover virtio_net configfs tsm llc stp bridge)
 # Loaded best effort after those (the TEE guest drivers refuse to load outside their TEE;
 # qemu_fw_cfg carries the simulated TEE's parameters). File names, not module names.
 optional_modules=(sev-guest tdx-guest qemu_fw_cfg)

@@ -382,11 +382,20 @@ impl Agent {
         exec_id: &str,
         mut spec: oci_spec::runtime::Spec,
     ) -> Result<Arc<Container>, AgentError> {
-        let (hostname, others) = {
+        let (hostname, others, pod_ipc) = {
             let sb = self.sandbox.lock().await;
             let others: Vec<String> =
                 sb.containers.keys().chain(sb.creating.iter()).filter(|id| id.as_str() != cid).cloned().collect();
-            (sb.hostname.clone(), others)
+            // The pod's IPC namespace: the sandbox (pause) container's, whose id is the
+            // sandbox id; the pod's sysctls (kernel.shm*, fs.mqueue.*) are set there.
+            let pod_ipc = sb
+                .id
+                .as_ref()
+                .filter(|id| id.as_str() != cid)
+                .and_then(|id| sb.containers.get(id))
+                .and_then(|c| c.process("").ok())
+                .map(|(_, p)| PathBuf::from(format!("/proc/{}/ns/ipc", p.pid)));
+            (sb.hostname.clone(), others, pod_ipc)
         };
         // Held until the runner has made the container's mounts (see `tree`).
         let _tree = self.tree.read().await;
@@ -397,6 +406,7 @@ impl Agent {
             cgroup_parent: &self.cfg.cgroup_parent,
             hostname: hostname.as_deref(),
             other_containers: &others,
+            pod_ipc: pod_ipc.as_deref(),
         })?;
         let bundle = self.cfg.state_dir.join("bundles").join(cid);
         let cleanup_bundle = |b: &Path| {
@@ -510,6 +520,7 @@ impl Agent {
         let mut process = protocols::convert::process_from_grpc(grpc)?;
         crate::spec::check_process(&process)?;
         crate::spec::ensure_path(&mut process);
+        crate::spec::normalize_no_new_privileges(&mut process);
         {
             let mut procs = c.processes.lock().map_err(|_| AgentError::FailedPrecondition("process table poisoned".into()))?;
             if procs.contains_key(&req.exec_id) {

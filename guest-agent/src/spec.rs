@@ -11,7 +11,9 @@
 //!   file systems ([`VIRTUAL_FS`]) and their source is a label, never a path. See
 //!   [`check_mounts`] for the race that remains;
 //! - namespace paths are dropped; containers get new mount, pid, ipc and uts
-//!   namespaces and share the VM's network namespace (the pod network);
+//!   namespaces and share the VM's network namespace (the pod network), and, as with
+//!   Kata's agent, the pod's IPC namespace: the sandbox container's, where the pod's
+//!   sysctls are set (a Kubernetes pod has one IPC namespace);
 //! - the cgroup path is chosen by the agent (`<cgroup_parent>/<container id>`);
 //! - OCI hooks are dropped: they would run host-chosen binaries as root in the guest.
 
@@ -44,6 +46,10 @@ pub struct Adjust<'a> {
     /// Ids of the sandbox's other containers: their `<shared>/<id>` directories (rootfs
     /// and all) are never a bind mount source of this one.
     pub other_containers: &'a [String],
+    /// The pod's IPC namespace (`/proc/<sandbox container pid>/ns/ipc`), joined by every
+    /// other container of the pod; None for the sandbox container itself (and for a
+    /// container without a sandbox container, e.g. `ctr run`).
+    pub pod_ipc: Option<&'a Path>,
 }
 
 /// Resolves the rootfs and rewrites namespaces, cgroups path and hooks (see module docs).
@@ -59,6 +65,7 @@ pub fn adjust(spec: &mut Spec, a: &Adjust<'_>) -> Result<(), AgentError> {
     let process = spec.process_mut().as_mut().ok_or_else(|| AgentError::invalid("OCI.Process", "missing"))?;
     check_process(process)?;
     ensure_path(process);
+    normalize_no_new_privileges(process);
 
     let mut linux = match spec.linux().clone() {
         Some(l) => l,
@@ -81,6 +88,9 @@ pub fn adjust(spec: &mut Spec, a: &Adjust<'_>) -> Result<(), AgentError> {
             n.set_typ(typ);
             namespaces.push(n);
         }
+    }
+    if let Some(n) = namespaces.iter_mut().find(|n| n.typ() == LinuxNamespaceType::Ipc) {
+        n.set_path(a.pod_ipc.map(Path::to_path_buf));
     }
     linux.set_namespaces(Some(namespaces));
     linux.set_cgroups_path(Some(PathBuf::from(format!(
@@ -123,6 +133,17 @@ pub fn ensure_path(process: &mut Process) {
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH_ENV.to_string());
         process.set_env(Some(env));
+    }
+}
+
+/// `noNewPrivileges: false` is the same as no field (OCI runtime spec), but the container
+/// runtime (libcontainer 0.7) treats any value as "set": it then loads the seccomp filter
+/// after dropping capabilities, without no_new_privs and without CAP_SYS_ADMIN, and the
+/// kernel refuses it ("failed to load seccomp context" for every RuntimeDefault or
+/// Localhost profile, whose specs come with `false` from our gRPC conversion).
+pub fn normalize_no_new_privileges(process: &mut Process) {
+    if process.no_new_privileges() == Some(false) {
+        process.set_no_new_privileges(None);
     }
 }
 
@@ -332,7 +353,7 @@ mod tests {
         std::fs::create_dir_all(shared.join("c1/rootfs")).unwrap();
         std::fs::create_dir_all(t.path().join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(t.path().join("elsewhere"), shared.join("c1/link")).unwrap();
-        let a = Adjust { container_id: "c1", shared_dir: &shared, sandbox_dir: Path::new("/run/kata-containers/sandbox"), cgroup_parent: "/kata-cc", hostname: Some("pod"), other_containers: &[] };
+        let a = Adjust { container_id: "c1", shared_dir: &shared, sandbox_dir: Path::new("/run/kata-containers/sandbox"), cgroup_parent: "/kata-cc", hostname: Some("pod"), other_containers: &[], pod_ipc: None };
 
         let mut s = spec_with_root("rootfs");
         adjust(&mut s, &a).unwrap();
@@ -369,7 +390,7 @@ mod tests {
     /// the default ones; returns the adjusted mounts or the error text.
     fn with_mounts(shared: &Path, sandbox: &Path, extra: Vec<Mount>) -> Result<Vec<Mount>, String> {
         let others = ["c2".to_string()];
-        let a = Adjust { container_id: "c1", shared_dir: shared, sandbox_dir: sandbox, cgroup_parent: "/kata-cc", hostname: None, other_containers: &others };
+        let a = Adjust { container_id: "c1", shared_dir: shared, sandbox_dir: sandbox, cgroup_parent: "/kata-cc", hostname: None, other_containers: &others, pod_ipc: None };
         let mut s = spec_with_root("rootfs");
         let mut mounts = s.mounts().clone().unwrap();
         mounts.extend(extra);
@@ -466,6 +487,52 @@ mod tests {
         p.set_env(Some(vec!["PATH=/x".into()]));
         ensure_path(&mut p);
         assert_eq!(p.env().as_ref().unwrap(), &["PATH=/x".to_string()]);
+    }
+
+    #[test]
+    fn containers_join_the_pods_ipc_namespace() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("shared");
+        std::fs::create_dir_all(shared.join("c1/rootfs")).unwrap();
+        let ipc_of = |s: &Spec| {
+            let l = s.linux().as_ref().unwrap();
+            l.namespaces().as_ref().unwrap().iter().find(|n| n.typ() == LinuxNamespaceType::Ipc).unwrap().path().clone()
+        };
+        let with_ipc = |path: Option<&str>| {
+            let mut s = spec_with_root("rootfs");
+            let mut linux = s.linux().clone().unwrap();
+            let mut n = LinuxNamespace::default();
+            n.set_typ(LinuxNamespaceType::Ipc);
+            n.set_path(path.map(PathBuf::from));
+            linux.set_namespaces(Some(vec![n]));
+            s.set_linux(Some(linux));
+            s
+        };
+        let pod = Path::new("/proc/77/ns/ipc");
+        for (asked, pod_ipc, want) in [
+            // The host's path is never used: the pod's namespace is.
+            (Some("/proc/4242/ns/ipc"), Some(pod), Some(pod)),
+            (None, Some(pod), Some(pod)),
+            // No sandbox container (it is the sandbox container): a new namespace.
+            (Some("/proc/4242/ns/ipc"), None, None),
+            (None, None, None),
+        ] {
+            let a = Adjust { container_id: "c1", shared_dir: &shared, sandbox_dir: Path::new("/run/kata-containers/sandbox"), cgroup_parent: "/kata-cc", hostname: None, other_containers: &[], pod_ipc };
+            let mut s = with_ipc(asked);
+            adjust(&mut s, &a).unwrap();
+            assert_eq!(ipc_of(&s).as_deref(), want, "asked {asked:?}, pod {pod_ipc:?}");
+        }
+    }
+
+    #[test]
+    fn no_new_privileges_false_is_no_field() {
+        let mut p = Process::default();
+        p.set_no_new_privileges(Some(false));
+        normalize_no_new_privileges(&mut p);
+        assert_eq!(p.no_new_privileges(), None);
+        p.set_no_new_privileges(Some(true));
+        normalize_no_new_privileges(&mut p);
+        assert_eq!(p.no_new_privileges(), Some(true));
     }
 
     #[test]

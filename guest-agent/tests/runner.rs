@@ -221,6 +221,39 @@ async fn signals_give_kata_statuses() {
         .expect("signal after exit");
     destroy(&r).await;
 
+    // With a pid namespace, the kernel drops a SIGTERM that the init has no handler for
+    // (sleep has none): the runner sends SIGKILL instead, at once (critest's "stopping
+    // container" stops `top` right after its start, before it installed its handler).
+    let id = unique("sigterm-init");
+    let b = bundle(&id, &["sleep", "100"]);
+    let (r, _io, _) = env.create(&id, &b).await;
+    within("start", r.start()).await.expect("start");
+    within("signal", r.signal(None, libc::SIGTERM, false))
+        .await
+        .expect("signal");
+    assert_eq!(wait(&r, None).await, 137);
+    destroy(&r).await;
+    // An init with a SIGTERM handler gets the SIGTERM.
+    let id = unique("sigterm-trap");
+    let b = bundle(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo ready; while :; do sleep 1 & wait $!; done",
+        ],
+    );
+    let (r, io, _) = env.create(&id, &b).await;
+    within("start", r.start()).await.expect("start");
+    let mut out = std::fs::File::from(io.stdout.expect("stdout"));
+    let mut ready = [0u8; 6];
+    out.read_exact(&mut ready).expect("ready");
+    within("signal", r.signal(None, libc::SIGTERM, false))
+        .await
+        .expect("signal");
+    assert_eq!(wait(&r, None).await, 42);
+    destroy(&r).await;
+
     // With a pid namespace: an exec'd process dies of SIGTERM, the init of SIGKILL.
     let id = unique("sigkill");
     let b = bundle(&id, &["sleep", "100"]);

@@ -766,6 +766,16 @@ impl Helper {
             // Already exited and reaped: nothing left to signal.
             return Ok(Reply::Done);
         }
+        let sig = if exec_id.is_none() && sig == libc::SIGTERM && init_drops(target.pid, sig) {
+            // The stop signal would be dropped by the kernel (the container's init neither
+            // handles nor ignores it yet, e.g. right after start, before `top` installed its
+            // handler; or `sleep`): end the container now rather than after the grace
+            // period, as Kata's agent does.
+            tracing::debug!(pid = target.pid, "SIGTERM to an init without a handler: SIGKILL");
+            libc::SIGKILL
+        } else {
+            sig
+        };
         kill(target.pid, sig)?;
         Ok(Reply::Done)
     }
@@ -961,6 +971,28 @@ fn with_stdio(
 }
 
 /// Sends `sig` to `pid`; a process already gone is not an error.
+/// Whether the kernel would drop `sig` sent to `pid`: it is the init (pid 1) of its pid
+/// namespace, which receives no signal it has no handler for (SIGKILL and SIGSTOP from an
+/// ancestor namespace aside), and it has no handler for `sig` and does not ignore it. A
+/// process whose status cannot be read (gone) is not treated specially.
+fn init_drops(pid: i32, sig: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| status_drops(&status, sig))
+}
+
+/// [`init_drops`] on the text of `/proc/<pid>/status`.
+fn status_drops(status: &str, sig: i32) -> bool {
+    let Some(bit) = u32::try_from(sig - 1).ok().and_then(|n| 1u64.checked_shl(n)) else {
+        return false;
+    };
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim));
+    let mask = |name: &str| field(name).and_then(|v| u64::from_str_radix(v, 16).ok());
+    let ns_init = field("NSpid").and_then(|v| v.split_whitespace().last()) == Some("1");
+    match (mask("SigCgt"), mask("SigIgn")) {
+        (Some(caught), Some(ignored)) => ns_init && (caught | ignored) & bit == 0,
+        _ => false,
+    }
+}
+
 fn kill(pid: i32, sig: i32) -> Result<(), HelperError> {
     // Never 0 or negative: those would address process groups.
     if pid <= 0 {
@@ -1150,4 +1182,59 @@ fn receive_fd(stream: &UnixStream) -> Result<OwnedFd, std::io::Error> {
         }
     }
     master.ok_or_else(|| std::io::Error::other("no descriptor in the console message"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_drops;
+
+    fn status(nspid: &str, cgt: &str, ign: &str) -> String {
+        format!("Name:\ttop\nPid:\t812\nNSpid:\t{nspid}\nSigBlk:\t0000000000000000\nSigIgn:\t{ign}\nSigCgt:\t{cgt}\n")
+    }
+
+    #[test]
+    fn sigterm_to_an_init_without_a_handler_is_dropped() {
+        // SIGTERM is 15: bit 14 = 0x4000.
+        assert!(status_drops(
+            &status("812\t1", "0000000000000000", "0000000000000000"),
+            15
+        ));
+        // A handler, or an explicit ignore: delivered (or ignored by choice).
+        assert!(!status_drops(
+            &status("812\t1", "0000000000004000", "0000000000000000"),
+            15
+        ));
+        assert!(!status_drops(
+            &status("812\t1", "0000000000000000", "0000000000004000"),
+            15
+        ));
+        // A handler for another signal only (SIGINT, bit 1).
+        assert!(status_drops(
+            &status("812\t1", "0000000000000002", "0000000000000000"),
+            15
+        ));
+        // Not the init of its namespace (a shared pid namespace, or no namespace).
+        assert!(!status_drops(
+            &status("812\t7", "0000000000000000", "0000000000000000"),
+            15
+        ));
+        assert!(!status_drops(
+            &status("812", "0000000000000000", "0000000000000000"),
+            15
+        ));
+        // Unreadable fields and nonsense signals: no special treatment.
+        assert!(!status_drops("Name:\tx\nNSpid:\t1\n", 15));
+        assert!(!status_drops(
+            &status("812\t1", "zz", "0000000000000000"),
+            15
+        ));
+        assert!(!status_drops(
+            &status("812\t1", "0000000000000000", "0000000000000000"),
+            0
+        ));
+        assert!(!status_drops(
+            &status("812\t1", "0000000000000000", "0000000000000000"),
+            99
+        ));
+    }
 }
