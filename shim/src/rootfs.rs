@@ -21,6 +21,14 @@ pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// The image of a CRI container.
 pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
+/// The pod's name, namespace and the container's name, as containerd's CRI passes them
+/// (the generated policy checks them).
+pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+/// The pod's namespace (containerd).
+pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+/// The container's name in the pod (containerd; not on the sandbox).
+pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+
 /// CRI-O's container type (`sandbox` | `container`), as its `internal/annotations`
 /// names it.
 pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
@@ -30,6 +38,14 @@ pub const CRIO_SANDBOX_ID: &str = "io.kubernetes.cri-o.SandboxID";
 pub const CRIO_IMAGE_NAME: &str = "io.kubernetes.cri-o.ImageName";
 /// CRI-O: the image as the pod spec asked for it.
 pub const CRIO_USER_IMAGE: &str = "io.kubernetes.cri-o.Image";
+/// CRI-O: the container's CRI labels as a JSON object; the kubelet's labels in it name
+/// the pod (`io.kubernetes.pod.name`, `.namespace`) and the container
+/// (`io.kubernetes.container.name`; `POD` on the sandbox).
+pub const CRIO_LABELS: &str = "io.kubernetes.cri-o.Labels";
+/// CRI-O: the pod's namespace.
+pub const CRIO_NAMESPACE: &str = "io.kubernetes.cri-o.Namespace";
+/// Largest `io.kubernetes.cri-o.Labels` value parsed.
+const MAX_CRIO_LABELS: usize = 64 * 1024;
 
 /// What the shim needs to know about a container from its CRI runtime, whichever that
 /// is (containerd's `io.kubernetes.cri.*` or CRI-O's `io.kubernetes.cri-o.*`
@@ -42,16 +58,38 @@ pub struct CriView {
     pub sandbox_id: Option<String>,
     /// The image to pull in the guest.
     pub image_name: Option<String>,
+    /// The pod's name.
+    pub sandbox_name: Option<String>,
+    /// The pod's namespace.
+    pub sandbox_namespace: Option<String>,
+    /// The container's name in the pod (`None` for the sandbox).
+    pub container_name: Option<String>,
 }
 
 /// The neutral view of `ann`. A key given by both runtimes with different values is an
 /// error naming both.
 pub fn cri_view(ann: &std::collections::HashMap<String, String>) -> Result<CriView, String> {
+    // CRI-O's kubelet labels, as pseudo-annotations `label:<key>` for `pick`.
+    let mut extra = std::collections::HashMap::new();
+    if let Some(json) = ann.get(CRIO_LABELS).filter(|v| !v.is_empty()) {
+        if json.len() > MAX_CRIO_LABELS {
+            return Err(format!("annotation {CRIO_LABELS}: {} bytes, at most {MAX_CRIO_LABELS}", json.len()));
+        }
+        let labels: std::collections::HashMap<String, serde_json::Value> = serde_json::from_str(json)
+            .map_err(|e| format!("annotation {CRIO_LABELS}: not a JSON object of labels: {e}"))?;
+        for (k, v) in labels {
+            if let serde_json::Value::String(v) = v {
+                extra.insert(format!("label:{k}"), v);
+            }
+        }
+    }
+    let get = |k: &str| ann.get(k).or_else(|| extra.get(k)).filter(|v| !v.is_empty());
     let pick = |cri: &str, crio: &[&str]| -> Result<Option<String>, String> {
         let a = ann.get(cri).filter(|v| !v.is_empty());
-        let b = crio.iter().find_map(|k| ann.get(*k).filter(|v| !v.is_empty()).map(|v| (*k, v)));
+        let b = crio.iter().find_map(|k| get(k).map(|v| (*k, v)));
         match (a, b) {
             (Some(a), Some((k, b))) if a != b => {
+                let k = k.strip_prefix("label:").map_or(k.to_string(), |l| format!("{CRIO_LABELS}[{l}]"));
                 Err(format!("conflicting annotations {cri} = {a:?} and {k} = {b:?}"))
             }
             (Some(a), _) => Ok(Some(a.clone())),
@@ -59,10 +97,20 @@ pub fn cri_view(ann: &std::collections::HashMap<String, String>) -> Result<CriVi
             (None, None) => Ok(None),
         }
     };
+    let container_type = pick(CONTAINER_TYPE, &[CRIO_CONTAINER_TYPE])?;
+    // containerd names no container on the sandbox; CRI-O's label there says `POD`.
+    let container_name = if container_type.as_deref() == Some("sandbox") {
+        ann.get(CONTAINER_NAME).filter(|v| !v.is_empty()).cloned()
+    } else {
+        pick(CONTAINER_NAME, &["label:io.kubernetes.container.name"])?
+    };
     Ok(CriView {
-        container_type: pick(CONTAINER_TYPE, &[CRIO_CONTAINER_TYPE])?,
+        container_type,
         sandbox_id: pick(SANDBOX_ID, &[CRIO_SANDBOX_ID])?,
         image_name: pick(IMAGE_NAME, &[CRIO_IMAGE_NAME, CRIO_USER_IMAGE])?,
+        sandbox_name: pick(SANDBOX_NAME, &["label:io.kubernetes.pod.name"])?,
+        sandbox_namespace: pick(SANDBOX_NAMESPACE, &[CRIO_NAMESPACE, "label:io.kubernetes.pod.namespace"])?,
+        container_name,
     })
 }
 
@@ -76,6 +124,9 @@ pub fn normalize_cri_annotations(spec: &mut Spec) -> Result<CriView, String> {
         (CONTAINER_TYPE, &view.container_type),
         (SANDBOX_ID, &view.sandbox_id),
         (IMAGE_NAME, &view.image_name),
+        (SANDBOX_NAME, &view.sandbox_name),
+        (SANDBOX_NAMESPACE, &view.sandbox_namespace),
+        (CONTAINER_NAME, &view.container_name),
     ] {
         if let Some(v) = value {
             ann.insert(key.to_string(), v.clone());
@@ -379,6 +430,34 @@ mod tests {
         let mut bad = spec_with(&[(CONTAINER_TYPE, "container"), (CRIO_CONTAINER_TYPE, "sandbox")], vec![]);
         let e = normalize_cri_annotations(&mut bad).unwrap_err();
         assert!(e.contains(CONTAINER_TYPE) && e.contains(CRIO_CONTAINER_TYPE), "{e}");
+    }
+
+    #[test]
+    fn crio_pod_and_container_names_map_to_the_containerd_keys() {
+        // The kubelet's labels, as CRI-O carries them (sandbox and container).
+        let labels = r#"{"io.kubernetes.container.name":"POD","io.kubernetes.pod.namespace":"team","io.kubernetes.pod.name":"web-0","io.kubernetes.pod.uid":"u"}"#;
+        let mut sb = spec_with(&[(CRIO_CONTAINER_TYPE, "sandbox"), (CRIO_LABELS, labels), (CRIO_NAMESPACE, "team")], vec![]);
+        normalize_cri_annotations(&mut sb).unwrap();
+        let ann = sb.annotations().clone().unwrap();
+        assert_eq!((ann[SANDBOX_NAME].as_str(), ann[SANDBOX_NAMESPACE].as_str()), ("web-0", "team"));
+        assert!(!ann.contains_key(CONTAINER_NAME), "containerd names no container on the sandbox");
+        let labels = r#"{"io.kubernetes.container.name":"app","io.kubernetes.pod.namespace":"team","io.kubernetes.pod.name":"web-0"}"#;
+        let mut c = spec_with(&[(CRIO_CONTAINER_TYPE, "container"), (CRIO_LABELS, labels)], vec![]);
+        let view = normalize_cri_annotations(&mut c).unwrap();
+        assert_eq!(view.container_name.as_deref(), Some("app"));
+        assert_eq!(c.annotations().clone().unwrap()[CONTAINER_NAME], "app");
+        // Disagreeing with containerd's key, or with CRI-O's namespace annotation: refused.
+        let mut bad = spec_with(&[(CRIO_CONTAINER_TYPE, "container"), (CRIO_LABELS, labels), (CONTAINER_NAME, "other")], vec![]);
+        let e = normalize_cri_annotations(&mut bad).unwrap_err();
+        assert!(e.contains(CONTAINER_NAME) && e.contains("io.kubernetes.container.name"), "{e}");
+        let mut bad = spec_with(&[(CRIO_LABELS, labels), (SANDBOX_NAMESPACE, "kube-system")], vec![]);
+        assert!(normalize_cri_annotations(&mut bad).unwrap_err().contains("kube-system"));
+        // Labels that are not a JSON object, or too large: an error naming the annotation.
+        let e = normalize_cri_annotations(&mut spec_with(&[(CRIO_LABELS, "[1]")], vec![])).unwrap_err();
+        assert!(e.contains(CRIO_LABELS), "{e}");
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_CRIO_LABELS));
+        let e = normalize_cri_annotations(&mut spec_with(&[(CRIO_LABELS, big.as_str())], vec![])).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
     }
 
     fn bind(src: &Path, dst: &str) -> Mount {
