@@ -37,7 +37,9 @@ pub struct PolicyConfig {
     /// Most lines of policy text. Default 200 000.
     pub max_policy_lines: usize,
     /// Wall-clock budget of one evaluation; past it the evaluation fails (and the caller
-    /// denies). Default 1 s. `None` disables the check.
+    /// denies). Default 5 s: it bounds a runaway evaluation, and must not trip on an honest
+    /// one in a slow guest (1 s did, for a CreateContainer in a TCG guest on a loaded
+    /// 2-core host). `None` disables the check.
     pub eval_timeout: Option<Duration>,
 }
 
@@ -48,7 +50,7 @@ impl Default for PolicyConfig {
             max_policy_bytes: 16 * 1024 * 1024,
             max_policy_line: 64 * 1024,
             max_policy_lines: 200_000,
-            eval_timeout: Some(Duration::from_secs(1)),
+            eval_timeout: Some(Duration::from_secs(5)),
         }
     }
 }
