@@ -113,7 +113,10 @@ async fn critest_regressions(handler: &str) {
     pod.start(&mut cri, &c).await;
     let fields = "^(Seccomp|Seccomp_filters|NoNewPrivs):";
     let init = cri
-        .exec_ok(&c, &["/bin/busybox", "grep", "-E", fields, "/proc/1/status"])
+        .exec_ok(
+            &c,
+            &["/bin/busybox", "grep", "-E", fields, "/proc/1/status"],
+        )
         .await;
     let init: Vec<&str> = init.split_whitespace().collect();
     assert!(
@@ -122,7 +125,10 @@ async fn critest_regressions(handler: &str) {
     );
     // The ExecSync process itself (grep reads its own status) has the same filter.
     let exec = cri
-        .exec_ok(&c, &["/bin/busybox", "grep", "-E", fields, "/proc/self/status"])
+        .exec_ok(
+            &c,
+            &["/bin/busybox", "grep", "-E", fields, "/proc/self/status"],
+        )
         .await;
     assert_eq!(
         exec.split_whitespace().collect::<Vec<_>>(),
