@@ -620,6 +620,94 @@ async fn seccomp_profile_is_enforced() {
     destroy(&r).await;
 }
 
+/// The `Seccomp:`, `NoNewPrivs:` and capability lines of a /proc/<pid>/status text.
+fn security_lines(status: &str) -> Vec<String> {
+    status
+        .lines()
+        .filter(|l| {
+            [
+                "Seccomp:",
+                "NoNewPrivs:",
+                "CapEff:",
+                "CapPrm:",
+                "CapBnd:",
+                "CapInh:",
+                "CapAmb:",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// An exec'd process gets the container's seccomp filter (and no_new_privs and
+/// capabilities exactly as the container's init), with and without no_new_privs.
+async fn exec_gets_the_seccomp_profile(nnp: bool) {
+    let env = Env::new();
+    let id = unique(if nnp { "exec-sc-nnp" } else { "exec-sc" });
+    let mut b = bundle(&id, &["sleep", "100"]);
+    let profile = oci_spec::runtime::LinuxSeccompBuilder::default()
+        .default_action(oci_spec::runtime::LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![oci_spec::runtime::Arch::ScmpArchX86_64])
+        .syscalls(vec![oci_spec::runtime::LinuxSyscallBuilder::default()
+            .names(vec!["mkdir".to_string(), "mkdirat".to_string()])
+            .action(oci_spec::runtime::LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::EPERM as u32)
+            .build()
+            .expect("syscall rule")])
+        .build()
+        .expect("seccomp");
+    b.linux_mut().set_seccomp(Some(profile));
+    if !nnp {
+        // As the agent passes `noNewPrivileges: false`: no field.
+        b.process_mut().set_no_new_privileges(None);
+    }
+    b.write();
+    let (r, _io, init_pid) = env.create(&id, &b).await;
+    within("start", r.start()).await.expect("start");
+    let init_status = std::fs::read_to_string(format!("/proc/{init_pid}/status")).expect("status");
+    let init_lines = security_lines(&init_status);
+    assert!(
+        init_lines.contains(&"Seccomp: 2".to_string()),
+        "{init_lines:?}"
+    );
+
+    // The exec request asks for no no_new_privs: it still gets the container's.
+    let mut p = exec_process(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/status; mkdir /tmp/x; echo rc=$?",
+        ],
+    );
+    p.set_no_new_privileges(None);
+    let (io, _) = within("exec", r.exec("e1", &p)).await.expect("exec");
+    drop(io.stdin);
+    let out = tokio::spawn(read_all(io.stdout));
+    let err = tokio::spawn(read_all(io.stderr));
+    assert_eq!(wait(&r, Some("e1")).await, 0);
+    let out = out.await.expect("stdout");
+    let err = err.await.expect("stderr");
+    // `cat` is a child of the exec'd `sh`: it inherits the filter, as any descendant.
+    assert_eq!(security_lines(&out), init_lines, "{out}");
+    assert!(out.contains("rc=1"), "{out:?} {err:?}");
+    assert!(err.contains("Operation not permitted"), "{err:?}");
+    assert!(!b.rootfs().join("tmp/x").exists());
+    destroy(&r).await;
+}
+
+#[tokio::test]
+async fn exec_gets_the_seccomp_profile_with_no_new_privs() {
+    exec_gets_the_seccomp_profile(true).await;
+}
+
+#[tokio::test]
+async fn exec_gets_the_seccomp_profile_without_no_new_privs() {
+    exec_gets_the_seccomp_profile(false).await;
+}
+
 #[tokio::test]
 async fn readonly_rootfs_and_user() {
     let env = Env::new();

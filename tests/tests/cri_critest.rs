@@ -6,7 +6,8 @@
 //!   one that is stopped right after its start (critest stops `top` before it installed its
 //!   handler) ends at once on kata-cc, not after the grace period;
 //! - seccomp RuntimeDefault: the profile loads ("failed to load seccomp context" before)
-//!   and is in force in the container's init (`Seccomp: 2`; ExecSync processes get none yet);
+//!   and is in force in the container's init and in ExecSync processes (`Seccomp: 2`, the
+//!   same number of filters and the same no_new_privs: exec'd processes had none before);
 //! - an added capability (NET_ADMIN) is usable: a bridge can be made (`brctl addbr`, the
 //!   guest kernel needs the bridge module);
 //! - pod sysctls, safe (`kernel.shm_rmid_forced`) and unsafe (`fs.mqueue.msg_max`).
@@ -110,16 +111,29 @@ async fn critest_regressions(handler: &str) {
     });
     let c = pod.create(&mut cri, cfg).await;
     pod.start(&mut cri, &c).await;
-    let status = cri
+    let fields = "^(Seccomp|Seccomp_filters|NoNewPrivs):";
+    let init = cri
         .exec_ok(
             &c,
-            &["/bin/busybox", "grep", "^Seccomp:", "/proc/1/status"],
+            &["/bin/busybox", "grep", "-E", fields, "/proc/1/status"],
+        )
+        .await;
+    let init: Vec<&str> = init.split_whitespace().collect();
+    assert!(
+        init.windows(2).any(|w| w == ["Seccomp:", "2"]),
+        "{handler}: RuntimeDefault seccomp not in force in the init: {init:?}"
+    );
+    // The ExecSync process itself (grep reads its own status) has the same filter.
+    let exec = cri
+        .exec_ok(
+            &c,
+            &["/bin/busybox", "grep", "-E", fields, "/proc/self/status"],
         )
         .await;
     assert_eq!(
-        status.split_whitespace().collect::<Vec<_>>(),
-        ["Seccomp:", "2"],
-        "{handler}: RuntimeDefault seccomp not in force"
+        exec.split_whitespace().collect::<Vec<_>>(),
+        init,
+        "{handler}: an ExecSync process has not the container's seccomp filter"
     );
 
     // An added capability is usable: NET_ADMIN makes a bridge.

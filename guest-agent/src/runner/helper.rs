@@ -26,13 +26,18 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::error::LibcontainerError;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxResources, PosixRlimitType, Process, Spec};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxCapabilities, LinuxResources, LinuxSeccomp, PosixRlimitType,
+    Process, Spec,
+};
 
 use super::oom::OomMonitor;
 use super::proto::{
@@ -230,6 +235,11 @@ struct Owned {
     cgroup_path: PathBuf,
     /// Devices rules of the original spec, re-applied on update (v1 rewrites them).
     devices: Option<Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
+    /// The seccomp profile the container was created with, loaded into every exec'd
+    /// process too (libcontainer's tenant builder drops `linux.seccomp`).
+    seccomp: Option<LinuxSeccomp>,
+    /// Whether the container's process has no_new_privs; exec'd processes get the same.
+    no_new_privs: bool,
     init: Proc,
 }
 
@@ -548,6 +558,8 @@ impl Helper {
         let terminal = process.terminal().unwrap_or(false);
         let cgroup_path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
         let devices = linux.resources().as_ref().and_then(|r| r.devices().clone());
+        let seccomp = linux.seccomp().clone();
+        let no_new_privs = process.no_new_privileges() == Some(true);
 
         fs::create_dir_all(state_root).map_err(|source| HelperError::StateRoot {
             path: state_root.to_owned(),
@@ -610,6 +622,8 @@ impl Helper {
             root,
             cgroup_path: cgroup_path.clone(),
             devices,
+            seccomp,
+            no_new_privs,
             init: Proc { pid, status: None },
         });
         if let Some(console) = console {
@@ -678,9 +692,10 @@ impl Helper {
         check_privileges(&id, process)?;
         let state_root = c.state_root.clone();
         let root = c.root.clone();
+        let (process, executor) = tenant_process(process, c.seccomp.as_ref(), c.no_new_privs);
         self.counter += 1;
         let process_path = root.join(format!(".exec-{}.json", self.counter));
-        let json = serde_json::to_vec(process).map_err(|e| HelperError::WriteProcess {
+        let json = serde_json::to_vec(&process).map_err(|e| HelperError::WriteProcess {
             path: process_path.clone(),
             source: e.into(),
         })?;
@@ -688,7 +703,7 @@ impl Helper {
             path: process_path.clone(),
             source,
         })?;
-        let result = self.exec_inner(&id, &state_root, &process_path, process, fds);
+        let result = self.exec_inner(&id, &state_root, &process_path, &process, executor, fds);
         let _ = fs::remove_file(&process_path);
         let (pid, master) = result?;
         if let Some(m) = master {
@@ -705,6 +720,7 @@ impl Helper {
         state_root: &Path,
         process_path: &Path,
         process: &Process,
+        executor: Option<SeccompExecutor>,
         fds: Vec<OwnedFd>,
     ) -> Result<(i32, Option<OwnedFd>), HelperError> {
         let lc = |op: &'static str| {
@@ -727,6 +743,9 @@ impl Helper {
             builder = with_stdio(builder, fds)?;
             None
         };
+        if let Some(executor) = executor {
+            builder = builder.with_executor(executor);
+        }
         let pid = builder
             .as_tenant()
             .with_process(Some(process_path))
@@ -771,7 +790,10 @@ impl Helper {
             // handles nor ignores it yet, e.g. right after start, before `top` installed its
             // handler; or `sleep`): end the container now rather than after the grace
             // period, as Kata's agent does.
-            tracing::debug!(pid = target.pid, "SIGTERM to an init without a handler: SIGKILL");
+            tracing::debug!(
+                pid = target.pid,
+                "SIGTERM to an init without a handler: SIGKILL"
+            );
             libc::SIGKILL
         } else {
             sig
@@ -981,10 +1003,19 @@ fn init_drops(pid: i32, sig: i32) -> bool {
 
 /// [`init_drops`] on the text of `/proc/<pid>/status`.
 fn status_drops(status: &str, sig: i32) -> bool {
-    let Some(bit) = u32::try_from(sig - 1).ok().and_then(|n| 1u64.checked_shl(n)) else {
+    let Some(bit) = u32::try_from(sig - 1)
+        .ok()
+        .and_then(|n| 1u64.checked_shl(n))
+    else {
         return false;
     };
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim));
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(':'))
+                .map(str::trim)
+        })
+    };
     let mask = |name: &str| field(name).and_then(|v| u64::from_str_radix(v, 16).ok());
     let ns_init = field("NSpid").and_then(|v| v.split_whitespace().last()) == Some("1");
     match (mask("SigCgt"), mask("SigIgn")) {
@@ -1037,6 +1068,109 @@ fn kill_children() {
 
 /// Checks spec fields that need CAP_SYS_RESOURCE, which a sandboxed agent may lack, so the
 /// caller gets a clear error instead of libcontainer's bare EPERM.
+/// The capabilities an exec'd process without no_new_privs keeps until its filter is loaded.
+const SETPCAP: Capability = Capability::Setpcap;
+const SYS_ADMIN: Capability = Capability::SysAdmin;
+
+/// The process libcontainer's tenant builder runs for an exec, and the executor that loads
+/// the container's seccomp profile into it.
+///
+/// libcontainer 0.7's tenant builder rebuilds `linux` for the exec with only namespaces,
+/// cgroups path, personality and time offsets, so without this an exec'd process runs
+/// with no seccomp filter at all. The profile is always the container's (never one from
+/// the exec request) and no_new_privs is the container's (or the request's, if it asks
+/// for it). As for the container's init:
+/// - with no_new_privs, the filter is loaded right before `execve`, after capabilities
+///   were dropped (libcontainer set no_new_privs earlier);
+/// - without it, loading a filter needs CAP_SYS_ADMIN: the process keeps CAP_SYS_ADMIN
+///   and CAP_SETPCAP until the filter is loaded, then drops to its own capabilities.
+///
+/// If the filter cannot be loaded (or the capabilities cannot be dropped under it), the
+/// exec fails: the process never runs unfiltered.
+fn tenant_process(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    container_nnp: bool,
+) -> (Process, Option<SeccompExecutor>) {
+    let mut process = process.clone();
+    let nnp = container_nnp || process.no_new_privileges() == Some(true);
+    process.set_no_new_privileges(nnp.then_some(true));
+    let Some(seccomp) = seccomp else {
+        return (process, None);
+    };
+    let mut final_caps = None;
+    if !nnp {
+        if let Some(caps) = process.capabilities().clone() {
+            let lacks = |set: &Option<Capabilities>| {
+                !set.as_ref()
+                    .is_some_and(|s| s.contains(&SYS_ADMIN) && s.contains(&SETPCAP))
+            };
+            if lacks(caps.effective()) || lacks(caps.permitted()) || lacks(caps.bounding()) {
+                let raise = |set: &Option<Capabilities>| {
+                    let mut set = set.clone().unwrap_or_default();
+                    set.insert(SYS_ADMIN);
+                    set.insert(SETPCAP);
+                    Some(set)
+                };
+                let mut raised = caps.clone();
+                raised
+                    .set_effective(raise(caps.effective()))
+                    .set_permitted(raise(caps.permitted()))
+                    .set_bounding(raise(caps.bounding()));
+                process.set_capabilities(Some(raised));
+                final_caps = Some(caps);
+            }
+        }
+    }
+    let executor = SeccompExecutor {
+        seccomp: seccomp.clone(),
+        final_caps,
+    };
+    (process, Some(executor))
+}
+
+/// Runs in the exec'd process right before `execve`: loads the container's seccomp filter,
+/// drops any capability kept only to load it, then executes the workload.
+#[derive(Clone)]
+struct SeccompExecutor {
+    seccomp: LinuxSeccomp,
+    final_caps: Option<LinuxCapabilities>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        match libcontainer::seccomp::initialize_seccomp(&self.seccomp) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Err(ExecutorError::Other(
+                    "the container's seccomp profile uses a notify listener, which exec'd \
+                     processes do not support"
+                        .into(),
+                ))
+            }
+            Err(e) => {
+                return Err(ExecutorError::Other(format!(
+                    "failed to load the container's seccomp profile into the exec'd process: {e}"
+                )))
+            }
+        }
+        if let Some(caps) = &self.final_caps {
+            let syscall = libcontainer::syscall::syscall::create_syscall();
+            libcontainer::capabilities::drop_privileges(caps, syscall.as_ref()).map_err(|e| {
+                ExecutorError::Other(format!(
+                    "failed to drop the capabilities kept to load the container's seccomp \
+                     profile: {e}"
+                ))
+            })?;
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
 fn check_privileges(id: &str, process: &Process) -> Result<(), HelperError> {
     let has_cap = has_capability(CAP_SYS_RESOURCE);
     let not_permitted = |reason: String| HelperError::NotPermitted {
