@@ -399,9 +399,7 @@ fn net_sysctl_path(key: &str, value: &str) -> Result<PathBuf, AgentError> {
     }
     let rest = key.strip_prefix("net.").ok_or_else(|| refused("not a net.* sysctl"))?;
     let segments: Vec<&str> = rest.split('.').collect();
-    if segments
-        .iter()
-        .any(|s| s.is_empty() || !s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+    if segments.iter().any(|s| s.is_empty() || !s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
     {
         return Err(refused("not a plain sysctl name (dot-separated segments of letters, digits, '_' and '-')"));
     }

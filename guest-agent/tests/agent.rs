@@ -768,10 +768,8 @@ async fn net_sysctls_are_set_in_the_shared_network_namespace() {
     let host_ping = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap();
     let host_port = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
     let t = TestAgent::start_with(None, true).await;
-    let mut spec = t.spec(
-        "c1",
-        &["cat", "/proc/sys/net/ipv4/ping_group_range", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
-    );
+    let mut spec =
+        t.spec("c1", &["cat", "/proc/sys/net/ipv4/ping_group_range", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]);
     let mut linux = spec.linux().clone().unwrap();
     linux.set_sysctl(Some(
         [
