@@ -408,6 +408,7 @@ impl Agent {
             other_containers: &others,
             pod_ipc: pod_ipc.as_deref(),
         })?;
+        crate::spec::apply_net_sysctls(&mut spec, Path::new(crate::spec::PROC_SYS_NET))?;
         let bundle = self.cfg.state_dir.join("bundles").join(cid);
         let cleanup_bundle = |b: &Path| {
             let _ = std::fs::remove_dir_all(b);

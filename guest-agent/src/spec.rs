@@ -332,6 +332,86 @@ pub fn check_process(p: &Process) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Where the agent writes `net.*` sysctls: the VM's network namespace, which every
+/// container of the pod shares.
+pub const PROC_SYS_NET: &str = "/proc/sys/net";
+/// Longest sysctl name accepted (the kernel's longest are well below this).
+const MAX_SYSCTL_KEY: usize = 256;
+/// Longest sysctl value accepted (the kernel reads at most a page).
+const MAX_SYSCTL_VALUE: usize = 4096;
+
+/// Applies the `net.*` sysctls of a container that shares the VM's network namespace
+/// (every container: [`adjust`] drops the network namespace) to that namespace, below
+/// `proc_sys_net` (`/proc/sys/net` in the agent's namespace, [`PROC_SYS_NET`]), and
+/// removes them from the spec: the container runtime refuses `net.*` sysctls without a
+/// network namespace of the container's own. The policy decided which sysctls the host
+/// may send; as in Kubernetes, where net sysctls are pod-level, one container's setting
+/// holds for the whole pod. Other sysctls stay in the spec.
+///
+/// Every name is checked before any is written: `net.` then `.`-separated segments of
+/// `[A-Za-z0-9_-]` (so no `/`, no `..`), resolved below `proc_sys_net` without following
+/// a symlink; the value is at most [`MAX_SYSCTL_VALUE`] bytes of printable ASCII, space
+/// or tab.
+pub fn apply_net_sysctls(spec: &mut Spec, proc_sys_net: &Path) -> Result<(), AgentError> {
+    let Some(linux) = spec.linux_mut() else { return Ok(()) };
+    let Some(sysctls) = linux.sysctl_mut() else { return Ok(()) };
+    let mut net: Vec<(String, PathBuf, String)> = Vec::new();
+    for (key, value) in sysctls.iter().filter(|(k, _)| k.starts_with("net.")) {
+        let rel = net_sysctl_path(key, value)?;
+        net.push((key.clone(), rel, value.clone()));
+    }
+    if net.is_empty() {
+        return Ok(());
+    }
+    let dir = open_how(None, proc_sys_net.as_os_str(), OFlag::O_DIRECTORY, ResolveFlag::RESOLVE_NO_MAGICLINKS)
+        .map_err(|e| AgentError::io(format!("open {}", proc_sys_net.display()))(e.into()))?;
+    for (key, rel, value) in &net {
+        let resolve =
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        let how = OpenHow::new()
+            .flags(OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .mode(Mode::empty())
+            .resolve(resolve);
+        let refused = |why: String| AgentError::invalid("OCI.Linux.Sysctl", format!("{key:?}={value:?}: {why}"));
+        let raw = openat2(dir.as_raw_fd(), rel.as_os_str(), how).map_err(|e| refused(resolve_error(e)))?;
+        // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let st = fstat(fd.as_raw_fd()).map_err(|e| refused(format!("cannot stat: {e}")))?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(refused("not a sysctl file".into()));
+        }
+        // One write: the kernel parses a sysctl value from a single write.
+        let n = nix::unistd::write(&fd, value.as_bytes()).map_err(|e| refused(format!("cannot be set: {e}")))?;
+        if n != value.len() {
+            return Err(refused(format!("short write ({n} of {} bytes)", value.len())));
+        }
+    }
+    sysctls.retain(|k, _| !k.starts_with("net."));
+    Ok(())
+}
+
+/// The path of the `net.*` sysctl `key` relative to `/proc/sys/net`, once its name and
+/// value are checked (see [`apply_net_sysctls`]).
+fn net_sysctl_path(key: &str, value: &str) -> Result<PathBuf, AgentError> {
+    let refused = |why: &str| AgentError::invalid("OCI.Linux.Sysctl", format!("{key:?}={value:?}: {why}"));
+    if key.len() > MAX_SYSCTL_KEY {
+        return Err(refused(&format!("name longer than {MAX_SYSCTL_KEY} bytes")));
+    }
+    let rest = key.strip_prefix("net.").ok_or_else(|| refused("not a net.* sysctl"))?;
+    let segments: Vec<&str> = rest.split('.').collect();
+    if segments.iter().any(|s| s.is_empty() || !s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+    {
+        return Err(refused("not a plain sysctl name (dot-separated segments of letters, digits, '_' and '-')"));
+    }
+    if value.len() > MAX_SYSCTL_VALUE {
+        return Err(refused(&format!("value longer than {MAX_SYSCTL_VALUE} bytes")));
+    }
+    if !value.bytes().all(|c| c == b' ' || c == b'\t' || c.is_ascii_graphic()) {
+        return Err(refused("value has a byte that is not printable ASCII, space or tab"));
+    }
+    Ok(segments.iter().collect())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -546,5 +626,92 @@ mod tests {
         p.set_cwd(PathBuf::from("/"));
         p.set_env(Some(vec!["NOEQUALS".into()]));
         assert!(check_process(&p).unwrap_err().to_string().contains("process.Env"));
+    }
+
+    fn with_sysctls(pairs: &[(&str, &str)]) -> Spec {
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_sysctl(Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
+        spec.set_linux(Some(linux));
+        spec
+    }
+
+    fn sysctls(spec: &Spec) -> Vec<(String, String)> {
+        spec.linux().as_ref().unwrap().sysctl().clone().unwrap_or_default().into_iter().collect()
+    }
+
+    /// A temp dir standing in for /proc/sys/net.
+    fn fake_proc_sys_net() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("ipv4")).unwrap();
+        std::fs::write(d.path().join("ipv4/ping_group_range"), "1\t0\n").unwrap();
+        std::fs::write(d.path().join("ipv4/ip_unprivileged_port_start"), "1024\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn net_sysctls_are_written_and_removed_others_kept() {
+        let d = fake_proc_sys_net();
+        let mut spec = with_sysctls(&[
+            ("net.ipv4.ip_unprivileged_port_start", "0"),
+            ("net.ipv4.ping_group_range", "0 2147483647"),
+            ("kernel.shm_rmid_forced", "1"),
+        ]);
+        apply_net_sysctls(&mut spec, d.path()).unwrap();
+        assert_eq!(sysctls(&spec), [("kernel.shm_rmid_forced".to_string(), "1".to_string())]);
+        // O_WRONLY without O_TRUNC, as the kernel's files: the value overwrites from 0.
+        assert_eq!(std::fs::read_to_string(d.path().join("ipv4/ip_unprivileged_port_start")).unwrap(), "0024\n");
+        assert_eq!(std::fs::read_to_string(d.path().join("ipv4/ping_group_range")).unwrap(), "0 2147483647");
+
+        // Nothing to do: the spec is unchanged.
+        let mut spec = with_sysctls(&[("kernel.msgmax", "8192")]);
+        apply_net_sysctls(&mut spec, Path::new("/nonexistent")).unwrap();
+        assert_eq!(sysctls(&spec), [("kernel.msgmax".to_string(), "8192".to_string())]);
+        let mut spec = Spec::default();
+        spec.set_linux(None);
+        apply_net_sysctls(&mut spec, Path::new("/nonexistent")).unwrap();
+    }
+
+    #[test]
+    fn bad_net_sysctls_are_refused_naming_key_and_value_and_nothing_is_written() {
+        let d = fake_proc_sys_net();
+        std::os::unix::fs::symlink(d.path().join("ipv4"), d.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", d.path().join("ipv4/leak")).unwrap();
+        std::fs::create_dir(d.path().join("ipv4/conf")).unwrap();
+        let long = "9".repeat(MAX_SYSCTL_VALUE + 1);
+        let bad: &[(&str, &str, &str)] = &[
+            ("net.ipv4/../../kernel.hostname", "x", "not a plain sysctl name"),
+            ("net.ipv4..ping_group_range", "0 1", "not a plain sysctl name"),
+            ("net.", "1", "not a plain sysctl name"),
+            ("net.ipv4.ping group", "1", "not a plain sysctl name"),
+            ("net.ipv4.ping_group_range", &long, "value longer than 4096 bytes"),
+            ("net.ipv4.ping_group_range", "0\n1", "not printable ASCII"),
+            ("net.link.ping_group_range", "0 1", "symlink"),
+            ("net.ipv4.leak", "1", "symlink"),
+            ("net.ipv4.nonexistent", "1", "does not exist"),
+            ("net.ipv4.conf", "1", "cannot be opened"),
+        ];
+        for (key, value, why) in bad {
+            // A good one next to it: nothing is written when any name is bad (names are
+            // checked first), or only what precedes a file that fails to open.
+            let mut spec = with_sysctls(&[(key, value), ("kernel.msgmax", "8192")]);
+            let before = sysctls(&spec);
+            let e = apply_net_sysctls(&mut spec, d.path()).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, AgentError::InvalidArgument { field: "OCI.Linux.Sysctl", .. }), "{msg}");
+            assert!(msg.contains(&format!("{key:?}").trim_matches('"').to_string()), "{key}: {msg}");
+            assert!(msg.contains(why), "{key}: {msg}");
+            if value.len() < 100 {
+                assert!(msg.contains(value.escape_debug().to_string().as_str()), "{key}: {msg}");
+            }
+            assert_eq!(sysctls(&spec), before, "the spec is unchanged on error");
+        }
+        assert_eq!(std::fs::read_to_string(d.path().join("ipv4/ping_group_range")).unwrap(), "1\t0\n");
+        assert_eq!(std::fs::read_to_string("/etc/hostname").is_ok(), Path::new("/etc/hostname").exists());
+
+        // A bad name among good ones: none is written.
+        let mut spec = with_sysctls(&[("net.ipv4.ping_group_range", "0 1"), ("net.ipv4.x/y", "1")]);
+        apply_net_sysctls(&mut spec, d.path()).unwrap_err();
+        assert_eq!(std::fs::read_to_string(d.path().join("ipv4/ping_group_range")).unwrap(), "1\t0\n");
     }
 }

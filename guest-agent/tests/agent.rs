@@ -28,6 +28,12 @@ impl TestAgent {
     }
 
     async fn start_with_policy(policy: Option<&str>) -> TestAgent {
+        Self::start_with(policy, false).await
+    }
+
+    /// With `own_netns`, the agent runs in a new network namespace, which stands in for
+    /// the VM's (the pod's) network namespace of a real guest.
+    async fn start_with(policy: Option<&str>, own_netns: bool) -> TestAgent {
         let dir = tempfile::tempdir().unwrap();
         let mut extra = Vec::new();
         if let Some(rego) = policy {
@@ -37,11 +43,16 @@ impl TestAgent {
             extra.push(path.display().to_string());
         }
         let cgroup_parent = format!("/kata-cc-test-{}-{}", std::process::id(), rand_suffix());
-        let child = Command::new(common::AGENT_BIN)
-            .args(common::agent_args(dir.path(), &cgroup_parent))
-            .args(&extra)
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(common::AGENT_BIN);
+        cmd.args(common::agent_args(dir.path(), &cgroup_parent)).args(&extra);
+        if own_netns {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: unshare(2) only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
+            }
+        }
+        let child = cmd.spawn().unwrap();
         let client = common::agent_client(dir.path()).await;
         TestAgent { child, dir, cgroup_parent, client }
     }
@@ -746,4 +757,45 @@ async fn host_named_paths_are_confined() {
     assert!(message(&e).contains("invalid dns: line 1"), "{}", message(&e));
     s.dns = vec!["nameserver 10.96.0.10".into(), "search default.svc.cluster.local".into(), "options ndots:5".into()];
     t.client.agent().create_sandbox(t.client.context(), &s).await.unwrap();
+}
+
+/// containerd 2.x's defaults (`enable_unprivileged_ports`, `enable_unprivileged_icmp`)
+/// put two `net.*` sysctls in every container's spec. The container shares the agent's
+/// network namespace (the VM's, here a namespace of the test's own), so the agent sets
+/// them there: the container is created and sees the values; the host's stay as they were.
+#[tokio::test]
+async fn net_sysctls_are_set_in_the_shared_network_namespace() {
+    let host_ping = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap();
+    let host_port = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    let t = TestAgent::start_with(None, true).await;
+    let mut spec =
+        t.spec("c1", &["cat", "/proc/sys/net/ipv4/ping_group_range", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_sysctl(Some(
+        [
+            ("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string()),
+            ("net.ipv4.ping_group_range".to_string(), "0 2147483647".to_string()),
+        ]
+        .into(),
+    ));
+    spec.set_linux(Some(linux));
+    t.create("c1", &spec).await.unwrap();
+    t.start_container("c1").await.unwrap();
+    let out = t.read_all("c1", "", true).await;
+    assert_eq!(t.wait("c1", "").await.unwrap(), 0);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, ["0", "2147483647", "0"], "{out}");
+    t.remove("c1").await.unwrap();
+
+    // A name that is not a plain sysctl is refused, naming it.
+    let mut spec = t.spec("c2", &["true"]);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_sysctl(Some([("net.ipv4/../../kernel.hostname".to_string(), "x".to_string())].into()));
+    spec.set_linux(Some(linux));
+    let e = t.create("c2", &spec).await.unwrap_err();
+    assert_eq!(code(&e), ttrpc::Code::INVALID_ARGUMENT, "{e:?}");
+    assert!(message(&e).contains("net.ipv4/../../kernel.hostname"), "{}", message(&e));
+
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap(), host_ping);
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(), host_port);
 }

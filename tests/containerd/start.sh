@@ -404,13 +404,8 @@ $images_pull
     # No CAP_SYS_RESOURCE here: a negative oom_score_adj fails every pod otherwise.
     restrict_oom_score_adj = true
     enable_selinux = false
-    # 2.x turns these on by default: every pod spec then carries the sysctls
-    # net.ipv4.ip_unprivileged_port_start and net.ipv4.ping_group_range, which the guest's
-    # container runtime refuses (kata-cc containers share the VM's network namespace and
-    # their spec has none: "sysctl ... not allowed in host network namespace"). Off until
-    # the agent applies net.* sysctls to the pod VM's network (docs/containerd.md).
-    enable_unprivileged_ports = false
-    enable_unprivileged_icmp = false
+    # enable_unprivileged_ports / enable_unprivileged_icmp keep 2.x's defaults (on): the
+    # guest agent sets their net.* sysctls in the pod VM's network (docs/containerd.md).
     [$rt.containerd]
       default_runtime_name = "runc"
 $(runtimes "$rt.containerd")
