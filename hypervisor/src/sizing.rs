@@ -124,17 +124,19 @@ pub struct ContainerLimits {
 }
 
 impl ContainerLimits {
-    /// The CPU limit in whole CPUs, rounded up (`None`: no limit).
-    pub fn cpus(&self) -> Option<u64> {
+    /// The CPU limit in millicpus, rounded up (`None`: no limit).
+    pub fn millicpus(&self) -> Option<u64> {
         match (self.cpu_quota, self.cpu_period) {
-            (Some(q), Some(p)) if q > 0 && p > 0 => Some(
-                q.unsigned_abs()
-                    .saturating_mul(1000)
-                    .div_ceil(p)
-                    .div_ceil(1000),
-            ),
+            (Some(q), Some(p)) if q > 0 && p > 0 => {
+                Some(q.unsigned_abs().saturating_mul(1000).div_ceil(p))
+            }
             _ => None,
         }
+    }
+
+    /// The CPU limit in whole CPUs, rounded up (`None`: no limit).
+    pub fn cpus(&self) -> Option<u64> {
+        self.millicpus().map(|m| m.div_ceil(1000))
     }
 
     /// The memory limit in MiB, rounded up (`None`: no limit).
@@ -173,12 +175,7 @@ pub fn size_vm(config: &SizingConfig, containers: &[ContainerLimits]) -> VmSize 
     // Σ quota/period in millicpus (rounded up per container): never undersizes.
     let millicpus: u64 = containers
         .iter()
-        .filter_map(|c| match (c.cpu_quota, c.cpu_period) {
-            (Some(q), Some(p)) if q > 0 && p > 0 => {
-                Some(q.unsigned_abs().saturating_mul(1000).div_ceil(p))
-            }
-            _ => None,
-        })
+        .filter_map(ContainerLimits::millicpus)
         .fold(0u64, u64::saturating_add);
     let vcpus = if millicpus == 0 {
         u64::from(config.default_vcpus)
@@ -244,17 +241,25 @@ fn bad(name: &str, value: &str, why: impl Into<String>) -> SizingError {
     }
 }
 
-fn int_annotation(ann: &HashMap<String, String>, name: &str) -> Result<Option<i64>, SizingError> {
-    let Some(v) = ann.get(name) else {
-        return Ok(None);
-    };
-    if v.len() > MAX_ANNOTATION_LEN {
-        return Err(bad(
+/// The annotation `name`, refused when longer than [`MAX_ANNOTATION_LEN`].
+fn bounded_annotation<'a>(
+    ann: &'a HashMap<String, String>,
+    name: &str,
+) -> Result<Option<&'a str>, SizingError> {
+    match ann.get(name) {
+        Some(v) if v.len() > MAX_ANNOTATION_LEN => Err(bad(
             name,
             v,
             format!("longer than {MAX_ANNOTATION_LEN} bytes"),
-        ));
+        )),
+        v => Ok(v.map(String::as_str)),
     }
+}
+
+fn int_annotation(ann: &HashMap<String, String>, name: &str) -> Result<Option<i64>, SizingError> {
+    let Some(v) = bounded_annotation(ann, name)? else {
+        return Ok(None);
+    };
     let t = v.trim();
     if t.is_empty() {
         return Ok(None);
@@ -307,14 +312,9 @@ pub fn pod_limits(
         return Ok(Some((limits, LimitsSource::Containerd)));
     }
     for name in [CRIO_POD_RESOURCES, CRIO_POD_RESOURCES_V1] {
-        let Some(v) = ann.get(name) else { continue };
-        if v.len() > MAX_ANNOTATION_LEN {
-            return Err(bad(
-                name,
-                v,
-                format!("longer than {MAX_ANNOTATION_LEN} bytes"),
-            ));
-        }
+        let Some(v) = bounded_annotation(ann, name)? else {
+            continue;
+        };
         let r: CrioResources = serde_json::from_str(v).map_err(|e| {
             bad(
                 name,
