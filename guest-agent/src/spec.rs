@@ -281,9 +281,7 @@ impl Root {
 
     /// Opens `rel` (`O_PATH`) without leaving the root or following any symlink.
     fn resolve(&self, rel: &Path) -> Result<(OwnedFd, PathBuf), Errno> {
-        let resolve =
-            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS;
-        let fd = open_how(Some(&self.fd), rel.as_os_str(), OFlag::O_NOFOLLOW, resolve)?;
+        let fd = open_how(Some(&self.fd), rel.as_os_str(), OFlag::O_NOFOLLOW, BENEATH_NO_LINKS)?;
         Ok((fd, self.real.join(rel)))
     }
 }
@@ -309,11 +307,21 @@ fn resolve_error(e: Errno) -> String {
 }
 
 fn open_how(dir: Option<&OwnedFd>, name: &OsStr, flags: OFlag, resolve: ResolveFlag) -> Result<OwnedFd, Errno> {
-    let how = OpenHow::new().flags(flags | OFlag::O_PATH | OFlag::O_CLOEXEC).mode(Mode::empty()).resolve(resolve);
+    open_at2(dir, name, flags | OFlag::O_PATH, resolve)
+}
+
+/// `openat2` of `name` below `dir` (or the cwd) with `flags | O_CLOEXEC` and `resolve`.
+fn open_at2(dir: Option<&OwnedFd>, name: &OsStr, flags: OFlag, resolve: ResolveFlag) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).mode(Mode::empty()).resolve(resolve);
     let fd = openat2(dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd()), name, how)?;
     // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Resolution that never leaves the starting directory nor follows any symlink.
+const BENEATH_NO_LINKS: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
+    .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
+    .union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
 
 /// Checks a process description before it is run.
 pub fn check_process(p: &Process) -> Result<(), AgentError> {
@@ -366,16 +374,9 @@ pub fn apply_net_sysctls(spec: &mut Spec, proc_sys_net: &Path) -> Result<(), Age
     let dir = open_how(None, proc_sys_net.as_os_str(), OFlag::O_DIRECTORY, ResolveFlag::RESOLVE_NO_MAGICLINKS)
         .map_err(|e| AgentError::io(format!("open {}", proc_sys_net.display()))(e.into()))?;
     for (key, rel, value) in &net {
-        let resolve =
-            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS;
-        let how = OpenHow::new()
-            .flags(OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
-            .mode(Mode::empty())
-            .resolve(resolve);
         let refused = |why: String| AgentError::invalid("OCI.Linux.Sysctl", format!("{key:?}={value:?}: {why}"));
-        let raw = openat2(dir.as_raw_fd(), rel.as_os_str(), how).map_err(|e| refused(resolve_error(e)))?;
-        // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+        let fd = open_at2(Some(&dir), rel.as_os_str(), flags, BENEATH_NO_LINKS).map_err(|e| refused(resolve_error(e)))?;
         let st = fstat(fd.as_raw_fd()).map_err(|e| refused(format!("cannot stat: {e}")))?;
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
             return Err(refused("not a sysctl file".into()));
