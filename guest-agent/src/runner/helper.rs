@@ -1009,16 +1009,9 @@ fn status_drops(status: &str, sig: i32) -> bool {
     else {
         return false;
     };
-    let field = |name: &str| {
-        status.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|v| v.strip_prefix(':'))
-                .map(str::trim)
-        })
-    };
-    let mask = |name: &str| field(name).and_then(|v| u64::from_str_radix(v, 16).ok());
-    let ns_init = field("NSpid").and_then(|v| v.split_whitespace().last()) == Some("1");
-    match (mask("SigCgt"), mask("SigIgn")) {
+    let ns_init =
+        status_field(status, "NSpid").and_then(|v| v.split_whitespace().last()) == Some("1");
+    match (status_mask(status, "SigCgt"), status_mask(status, "SigIgn")) {
         (Some(caught), Some(ignored)) => ns_init && (caught | ignored) & bit == 0,
         _ => false,
     }
@@ -1249,12 +1242,22 @@ fn rlimit_resource(typ: PosixRlimitType) -> libc::__rlimit_resource_t {
 fn has_capability(cap: u32) -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
+        .and_then(|s| status_mask(&s, "CapEff"))
         .is_some_and(|eff| eff & (1u64 << cap) != 0)
+}
+
+/// The value of the field `name` (`name:\tvalue`) in the text of a `/proc/<pid>/status`.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|v| v.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// A hexadecimal mask field (`CapEff`, `SigCgt`, ...) of a `/proc/<pid>/status` text.
+fn status_mask(status: &str, name: &str) -> Option<u64> {
+    status_field(status, name).and_then(|v| u64::from_str_radix(v, 16).ok())
 }
 
 /// The listening end of a console socket: libcontainer's init connects to it and sends
