@@ -212,25 +212,10 @@ PY
 for v in "${versions[@]}"; do
     case $v in
         1.6|1.7)
-            check "$v" cri-tables 'version = 2
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-      SystemdCgroup = true'
+            check "$v" cri-tables "$(cat "$repo/deploy/containerd/testdata/cri-tables-v2.toml")"
             ;;
         2.1)
-            check "$v" cri-tables 'version = 3
-
-[plugins."io.containerd.cri.v1.images".pinned_images]
-  sandbox = "registry.k8s.io/pause:3.10"
-
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-    SystemdCgroup = true'
+            check "$v" cri-tables "$(cat "$repo/deploy/containerd/testdata/cri-tables-v3.toml")"
             ;;
         *) case=$v; fail "unknown version (1.6, 1.7, 2.1)"; continue ;;
     esac

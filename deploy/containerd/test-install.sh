@@ -108,15 +108,7 @@ for v in "${versions[@]}"; do
     check "$bin" "$v" none -
     check "$bin" "$v" default "$("$bin/containerd" config default 2>/dev/null)"
     if ((major >= 2)); then
-        check "$bin" "$v" cri-tables 'version = 3
-
-[plugins."io.containerd.cri.v1.images".pinned_images]
-  sandbox = "registry.k8s.io/pause:3.10"
-
-[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-    SystemdCgroup = true'
+        check "$bin" "$v" cri-tables "$(cat "$here/testdata/cri-tables-v3.toml")"
         # A 2.x node that kept its version 2 file: the version 2 drop-in.
         check "$bin" "$v" v2-file 'version = 2
 
@@ -125,14 +117,7 @@ for v in "${versions[@]}"; do
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
     SystemdCgroup = true'
     else
-        check "$bin" "$v" cri-tables 'version = 2
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-      SystemdCgroup = true'
+        check "$bin" "$v" cri-tables "$(cat "$here/testdata/cri-tables-v2.toml")"
     fi
     other=$work/other-$v.toml
     printf 'version = %s\n' "$((major >= 2 ? 3 : 2))" >"$other"
