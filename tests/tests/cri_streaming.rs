@@ -125,7 +125,8 @@ async fn exec_stdin_no_tty(cri: &mut Cri, id: &str, handler: &str) {
     assert_eq!(String::from_utf8_lossy(&s.stderr), "err1\nerr2\nerr3\n", "{handler}");
 }
 
-async fn attach(cri: &mut Cri, id: &str, handler: &str) {
+/// A streaming session attached to `id`'s tty and stdin (CRI Attach, then its URL).
+async fn attach_session(cri: &mut Cri, id: &str) -> Session {
     let req = pb::AttachRequest {
         container_id: id.into(),
         stdin: true,
@@ -138,7 +139,11 @@ async fn attach(cri: &mut Cri, id: &str, handler: &str) {
         .unwrap_or_else(|e| panic!("CRI Attach {id}: {e}"))
         .into_inner()
         .url;
-    let mut s = Session::connect(&url).await;
+    Session::connect(&url).await
+}
+
+async fn attach(cri: &mut Cri, id: &str, handler: &str) {
+    let mut s = attach_session(cri, id).await;
     s.stdin(b"echo attached-$((6*7))\n").await;
     s.read_stdout_until(|o| String::from_utf8_lossy(o).contains("attached-42"), T)
         .await;
@@ -146,15 +151,7 @@ async fn attach(cri: &mut Cri, id: &str, handler: &str) {
     // Detaching leaves the container running; a second attach still reaches its shell.
     let st = cri.container_status(id).await;
     assert_eq!(st.state, pb::ContainerState::ContainerRunning as i32, "{handler}: {st:?}");
-    let req = pb::AttachRequest {
-        container_id: id.into(),
-        stdin: true,
-        tty: true,
-        stdout: true,
-        stderr: false,
-    };
-    let url = cri.rt.attach(req).await.unwrap().into_inner().url;
-    let mut s = Session::connect(&url).await;
+    let mut s = attach_session(cri, id).await;
     s.stdin(b"echo again-$((1+1))\n").await;
     s.read_stdout_until(|o| String::from_utf8_lossy(o).contains("again-2"), T).await;
     s.close().await;

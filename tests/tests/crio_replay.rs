@@ -195,6 +195,34 @@ async fn wait_for(what: &str, limit: Duration, f: impl Fn() -> bool) {
     }
 }
 
+/// Task `Start` of `id`, as CRI-O sends it, then its `Wait` left pending (CRI-O learns of
+/// the exit from it); the handle yields `Wait`'s reply.
+async fn start_then_wait(
+    task: &TaskClient,
+    id: &str,
+) -> tokio::task::JoinHandle<ttrpc::Result<api::WaitResponse>> {
+    task.start(
+        ctx(),
+        &api::StartRequest {
+            id: id.to_string(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("Start {id}: {e}"));
+    let (task, id) = (task.clone(), id.to_string());
+    tokio::spawn(async move {
+        task.wait(
+            ttrpc::context::with_timeout(0),
+            &api::WaitRequest {
+                id,
+                ..Default::default()
+            },
+        )
+        .await
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crio_task_sequence_runs_a_pod() {
     let ctrd = containerd(); // the test registry (and its busybox) comes with it
@@ -255,29 +283,7 @@ async fn crio_task_sequence_runs_a_pod() {
     let r = r.unwrap_or_else(|e| panic!("Create sandbox: {e}"));
     let boot = t.elapsed();
     assert!(r.pid > 0, "the sandbox's pid is QEMU's");
-    task.start(
-        ctx(),
-        &api::StartRequest {
-            id: sb_id.clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let sb_wait = {
-        let task = task.clone();
-        let id = sb_id.clone();
-        tokio::spawn(async move {
-            task.wait(
-                ttrpc::context::with_timeout(0),
-                &api::WaitRequest {
-                    id,
-                    ..Default::default()
-                },
-            )
-            .await
-        })
-    };
+    let sb_wait = start_then_wait(&task, &sb_id).await;
 
     // CreateContainer: another `start` in the container's bundle answers with the pod's shim.
     let image = ctrd.busybox_image.clone();
@@ -306,29 +312,7 @@ async fn crio_task_sequence_runs_a_pod() {
     task.create(ctx(), &create_req(&ctr_id, &ctr_bundle, &co, &ce, &cfg))
         .await
         .unwrap_or_else(|e| panic!("Create container: {e}"));
-    task.start(
-        ctx(),
-        &api::StartRequest {
-            id: ctr_id.clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let ctr_wait = {
-        let task = task.clone();
-        let id = ctr_id.clone();
-        tokio::spawn(async move {
-            task.wait(
-                ttrpc::context::with_timeout(0),
-                &api::WaitRequest {
-                    id,
-                    ..Default::default()
-                },
-            )
-            .await
-        })
-    };
+    let ctr_wait = start_then_wait(&task, &ctr_id).await;
     wait_for("the container's output", Duration::from_secs(60), || {
         stdout.lock().unwrap().contains("nproc=")
     })
