@@ -215,6 +215,8 @@ fn create_cases(pod: &Pod, state_dir: &str) -> Vec<Case> {
     add("gid mappings", policy(&["OCI.Linux.GIDMappings"]), v(&|r| r["OCI"]["Linux"]["GIDMappings"] = json!([{"HostID": 0, "ContainerID": 0, "Size": 1}])));
     add("sysctl kernel.core_pattern", policy(&["OCI.Linux.Sysctl", "kernel.core_pattern"]), v(&|r| r["OCI"]["Linux"]["Sysctl"] = json!({"kernel.core_pattern": "|/tmp/x"})));
     add("sysctl net.ipv4.ip_forward", policy(&["OCI.Linux.Sysctl", "net.ipv4.ip_forward"]), v(&|r| r["OCI"]["Linux"]["Sysctl"] = json!({"net.ipv4.ip_forward": "1"})));
+    // The agent writes net.* sysctls below /proc/sys/net itself: a name that climbs out.
+    add("sysctl net.* name climbing out of /proc/sys/net", policy(&["OCI.Linux.Sysctl", "net.ipv4/../../kernel.core_pattern"]), v(&|r| r["OCI"]["Linux"]["Sysctl"] = json!({"net.ipv4/../../kernel.core_pattern": "|/tmp/x"})));
     add("seccomp: null", policy(&["OCI.Linux.Seccomp", "null"]), v(&|r| r["OCI"]["Linux"]["Seccomp"] = Value::Null));
     add("seccomp: default action SCMP_ACT_LOG", policy(&["OCI.Linux.Seccomp", "SCMP_ACT_LOG"]), v(&|r| r["OCI"]["Linux"]["Seccomp"]["DefaultAction"] = json!("SCMP_ACT_LOG")));
     add("seccomp: kexec_load allowed", policy(&["OCI.Linux.Seccomp", "kexec_load"]), v(&|r| {
