@@ -351,6 +351,30 @@ impl PortForward {
     }
 }
 
+/// A streaming session of `cmd` in container `id`: the CRI Exec call, then its URL.
+pub async fn exec_session(
+    cri: &mut crate::cri::Cri,
+    id: &str,
+    cmd: &[&str],
+    tty: bool,
+    stdin: bool,
+) -> Session {
+    let req = k8s_cri::v1::ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    };
+    let url = crate::cri::within(Duration::from_secs(60), "Exec", cri.rt.exec(req))
+        .await
+        .unwrap_or_else(|e| panic!("CRI Exec {cmd:?} in {id}: {e}"))
+        .into_inner()
+        .url;
+    Session::connect(&url).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,3 +391,4 @@ mod tests {
         assert!(matches!(parse_status(b"not json"), Exit::Other(_)));
     }
 }
+

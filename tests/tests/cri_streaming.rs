@@ -10,8 +10,10 @@
 //! - 100 MiB through exec stdout to a reader that stalls, then reads slowly: every byte
 //!   arrives in order (compared with the generator's pattern), nothing hangs, and the
 //!   shim's resident memory stays bounded (read from /proc while it flows).
-//! - exec round-trip latency: 20 `exec true` sessions per runtime, p50/p90 side by side.
 //! - port-forward to busybox httpd in the pod.
+//!
+//! Exec round-trip latency, runc vs kata-cc, is a benchmark: `cargo bench -p
+//! kata-cc-tests --bench exec`.
 //!
 //! Needs what tests/cri.rs needs (shim built, test guest image, QEMU). Run as root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -20,30 +22,9 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as pb;
 use kata_cc_tests::cri::{containerd, rpc_timeout, shim_of, within, Cri, Pod, KATA_CC, RUNC};
-use kata_cc_tests::streaming::{Exit, PortForward, Session};
+use kata_cc_tests::streaming::{exec_session, Exit, PortForward, Session};
 
 const T: Duration = Duration::from_secs(120);
-
-async fn exec_url(cri: &mut Cri, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
-    let req = pb::ExecRequest {
-        container_id: id.into(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        tty,
-        stdin,
-        stdout: true,
-        stderr: !tty,
-    };
-    within(Duration::from_secs(60), "Exec", cri.rt.exec(req))
-        .await
-        .unwrap_or_else(|e| panic!("CRI Exec {cmd:?} in {id}: {e}"))
-        .into_inner()
-        .url
-}
-
-async fn exec_session(cri: &mut Cri, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> Session {
-    let url = exec_url(cri, id, cmd, tty, stdin).await;
-    Session::connect(&url).await
-}
 
 /// A running pod with a plain container (`sleep`) and a tty+stdin container (`sh`).
 async fn pod_with_containers(cri: &mut Cri, handler: &str) -> (Pod, String, String) {
@@ -213,26 +194,8 @@ async fn big_slow_stdout(cri: &mut Cri, pod: &Pod, id: &str, handler: &str) -> (
     (secs, peak, rss_before)
 }
 
-/// `exec true` round trips: the CRI Exec call, the websocket, the status; milliseconds.
-async fn exec_latency(cri: &mut Cri, id: &str, n: usize) -> Vec<f64> {
-    let mut v = Vec::new();
-    for _ in 0..n {
-        let t0 = Instant::now();
-        let mut s = exec_session(cri, id, &["/bin/true"], false, false).await;
-        assert_eq!(s.finish(T).await, Exit::Success);
-        v.push(t0.elapsed().as_secs_f64() * 1000.0);
-    }
-    v.sort_by(f64::total_cmp);
-    v
-}
-
-fn pct(v: &[f64], p: usize) -> f64 {
-    v[(v.len() * p / 100).min(v.len() - 1)]
-}
-
 struct Figures {
     handler: &'static str,
-    latency: Vec<f64>,
     big: Option<(f64, u64, u64)>,
 }
 
@@ -241,12 +204,11 @@ async fn streaming_on(cri: &mut Cri, handler: &'static str) -> Figures {
     exec_tty(cri, &plain, handler).await;
     exec_stdin_no_tty(cri, &plain, handler).await;
     attach(cri, &term, handler).await;
-    let latency = exec_latency(cri, &plain, 20).await;
     // kata-cc's 100 MiB run is its own test (kata_cc_100mib_exec_stdout): a second pod VM
     // keeps this one's figures apart from a long transfer.
     let big = if handler == RUNC { Some(big_slow_stdout(cri, &pod, &plain, handler).await) } else { None };
     pod.stop_remove(cri).await;
-    Figures { handler, latency, big }
+    Figures { handler, big }
 }
 
 /// Every streaming session on runc, then on kata-cc, and the figures side by side.
@@ -262,15 +224,15 @@ async fn exec_attach_streams_runc_and_kata_cc() {
     }
     println!("streaming figures (same run, same machine):");
     println!(
-        "{:<8} {:>12} {:>12} {:>10} {:>8} {:>22}",
-        "runtime", "exec p50 ms", "exec p90 ms", "100MiB s", "MiB/s", "shim RSS KiB"
+        "{:<8} {:>10} {:>8} {:>22}",
+        "runtime", "100MiB s", "MiB/s", "shim RSS KiB"
     );
     for f in &figs {
         let big = match f.big {
             Some((secs, peak, before)) => format!("{secs:>10.1} {:>8.1} {before:>9} -> {peak:>9}", 100.0 / secs),
             None => format!("{:>10} {:>8} {:>22}", "-", "-", "-"),
         };
-        println!("{:<8} {:>12.1} {:>12.1} {big}", f.handler, pct(&f.latency, 50), pct(&f.latency, 90));
+        println!("{:<8} {big}", f.handler);
     }
     for f in &figs {
         if let Some((_, peak, before)) = f.big {
