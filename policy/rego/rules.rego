@@ -518,8 +518,20 @@ mount_present(pm, mounts) if {
 mount_matches(pm, m) if {
 	pm.destination == m.destination
 	pm.type == m.type
-	{o | some o in pm.options} == {o | some o in iter(get(m, "options", []))}
+	options_match(pm, {o | some o in iter(get(m, "options", []))})
 	regex.match(concat("", ["^", expand(pm.source), "$"]), m.source)
+}
+
+# The options, as a set, are the policy's, or its alternative set where it has one
+# (`ro` for a volume that asked for recursive read-only only where possible).
+options_match(pm, sent) if {
+	{o | some o in pm.options} == sent
+}
+
+options_match(pm, sent) if {
+	alt := get(pm, "alt_options", [])
+	count(alt) > 0
+	{o | some o in alt} == sent
 }
 
 linux_errors(p) := flatten_errs([

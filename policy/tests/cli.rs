@@ -819,3 +819,53 @@ fn quantities() {
         assert_eq!(parse_quantity(text, milli), want, "{text} (milli {milli})");
     }
 }
+
+/// `recursiveReadOnly` on a volume mount: `Enabled` allows `rro` only, `IfPossible` `rro`
+/// or `ro` (the kubelet sends `ro` where the runtime handler has no recursive read-only
+/// support), neither allows `rw`; a value Kubernetes would refuse is an error naming it.
+#[test]
+fn recursive_read_only_volume_mounts() {
+    let images = Images::build();
+    let tmp = tempfile::tempdir().unwrap();
+    let web = std::fs::read_to_string(yaml("web-pod.yaml")).unwrap();
+    let with = |mode: &str, read_only: bool| {
+        let text = web.replace(
+            "          mountPath: /etc/nginx/conf.d\n",
+            &format!("          mountPath: /etc/nginx/conf.d\n          readOnly: {read_only}\n          recursiveReadOnly: {mode}\n"),
+        );
+        assert_ne!(text, web);
+        let path = tmp.path().join(format!("web-{mode}-{read_only}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let docs = gen::load_files(&[path]).unwrap();
+        gen::generate(docs, &images.store(), &Settings::default())
+    };
+    let pause = web_pause(&images).request(true);
+    let nginx = |flag: &str| {
+        let mut c = web_nginx(&images);
+        c.mounts.pop();
+        c.mounts.push(shared(&cid('b'), "/etc/nginx/conf.d", "config", flag));
+        c.request(false)
+    };
+    for (mode, flag, allowed) in [
+        ("Enabled", "rro", true),
+        ("Enabled", "ro", false),
+        ("Enabled", "rw", false),
+        ("IfPossible", "rro", true),
+        ("IfPossible", "ro", true),
+        ("IfPossible", "rw", false),
+        ("Disabled", "ro", true),
+        ("Disabled", "rro", false),
+    ] {
+        let out = with(mode, true).unwrap_or_else(|e| panic!("{mode}: {}", error_chain(&e)));
+        let label = format!("{mode} sent {flag}");
+        run(&out.policies[0], &label, &[
+            ("CreateSandboxRequest", sandbox(), true, None),
+            ("CreateContainerRequest", pause.clone(), true, None),
+            ("CreateContainerRequest", nginx(flag), allowed, (!allowed).then_some("/etc/nginx/conf.d")),
+        ]);
+    }
+    let err = error_chain(&with("Enabled", false).err().unwrap());
+    assert!(err.contains("recursiveReadOnly") && err.contains("Enabled needs readOnly: true"), "{err}");
+    let err = error_chain(&with("Always", true).err().unwrap());
+    assert!(err.contains("\"Always\" is not Disabled, IfPossible or Enabled"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! containerd Task API relayed to the guest agent over hybrid vsock. See `docs/shim.md`.
 
 pub mod config;
+pub mod features;
 pub mod io;
 pub mod portforward;
 pub mod rootfs;

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::{run, spawn, ExitSignal, Shim};
 use containerd_shim::protos::api::DeleteResponse;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::types::introspection::RuntimeInfo;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::{Config, Error, Flags, StartOpts};
 use kata_cc_shim::service::{cleanup_after_crash, pod_id_of, TaskService};
@@ -58,6 +60,12 @@ impl Shim for KataShim {
     /// Not reached: `main` runs the daemon itself (see `server.rs`).
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         TaskService::new(self.namespace.clone(), Some(publisher), Arc::clone(&self.exit))
+    }
+
+    /// The `-info` action (containerd 2.x): name, version and the runtime features
+    /// (`rro` mounts among them), see `kata_cc_shim::features`.
+    fn runtime_info(runtime_id: &str, _options: Option<&Any>) -> Result<RuntimeInfo, Error> {
+        kata_cc_shim::features::runtime_info(runtime_id).map_err(|e| Error::Other(format!("runtime features: {e}")))
     }
 }
 

@@ -190,6 +190,39 @@ pub struct HostCopy {
     pub src: PathBuf,
     /// In the guest, below [`SHARED_DIR`].
     pub dst: String,
+    /// Host directories below `src` whose contents are not copied (only the empty
+    /// directory is made): mount points copied on their own (see [`rewrite_spec`]).
+    pub skip: Vec<PathBuf>,
+}
+
+/// A mount on the host strictly below a bind mount's source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSubmount {
+    /// Its mount point.
+    pub path: PathBuf,
+    /// Whether it is mounted read-only.
+    pub read_only: bool,
+}
+
+/// Most mounts below one bind source that are copied as mounts of their own.
+const MAX_SUBMOUNTS: usize = 16;
+
+/// The mounts strictly below `dir` in the shim's mount namespace (containerd's: the one
+/// the kubelet's host paths live in), parents before children; of mounts stacked on one
+/// point, the visible (last) one. From `/proc/self/mountinfo` (`procfs`); a mount point
+/// whose name the kernel escapes (space, tab, newline, backslash) is not matched, and its
+/// contents are copied as part of its parent.
+pub fn host_submounts(dir: &Path) -> Result<Vec<HostSubmount>, String> {
+    let infos = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+    let mut found = std::collections::BTreeMap::new();
+    for m in infos {
+        if m.mount_point.starts_with(dir) && m.mount_point != dir {
+            found.insert(m.mount_point, m.mount_options.contains_key("ro"));
+        }
+    }
+    Ok(found.into_iter().map(|(path, read_only)| HostSubmount { path, read_only }).collect())
 }
 
 /// The storage CreateSandbox carries for the pod's shm (what Kata's shim sends).
@@ -236,7 +269,23 @@ fn guest_copy_path(cid: &str, src: &Path) -> Result<String, String> {
 /// Rewrites `spec` for the guest: rootfs path, and every bind mount either copied in
 /// (files; small directories), turned into a bind of the pod's shm (`/dev/shm`), or
 /// refused. Returns the copies to make.
+///
+/// A recursive bind (`rbind`) of a host directory with mounts below it (a tmpfs in a
+/// host path, say) becomes one copy and one bind per mount, each bind right after its
+/// parent's, so that in the guest they are mounts again, with the read-only semantics
+/// the CRI asked for: below a non-recursive `ro` (or an `rw`) bind each keeps its own
+/// host flag, below an `rro` bind each is `rro` too. Generated policies list only the
+/// pod's own mounts, so they refuse these extra binds (docs/policy.md).
 pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String> {
+    rewrite_spec_with(cid, spec, &host_submounts)
+}
+
+/// [`rewrite_spec`] with the host's mount table as a seam.
+pub fn rewrite_spec_with(
+    cid: &str,
+    spec: &mut Spec,
+    submounts: &dyn Fn(&Path) -> Result<Vec<HostSubmount>, String>,
+) -> Result<Vec<HostCopy>, String> {
     let mut root = spec.root().clone().unwrap_or_default();
     root.set_path(PathBuf::from(format!("{SHARED_DIR}/{cid}/rootfs")));
     spec.set_root(Some(root));
@@ -267,16 +316,54 @@ pub fn rewrite_spec(cid: &str, spec: &mut Spec) -> Result<Vec<HostCopy>, String>
                     meta.len()
                 ));
             }
-        } else if meta.is_dir() {
-            dir_size(&src).map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?;
-        } else {
+        } else if !meta.is_dir() {
             return Err(format!("bind mount {} -> {dest}: only files and directories are copied into the VM", src.display()));
         }
+        let options = m.options().clone().unwrap_or_default();
+        // A directory is copied from its real path: mount points are real paths.
+        let src = if meta.is_dir() {
+            src.canonicalize().map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?
+        } else {
+            src
+        };
+        let subs = if meta.is_dir() && options.iter().any(|o| o == "rbind") {
+            let real = &src;
+            let subs = submounts(real).map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?;
+            if subs.len() > MAX_SUBMOUNTS {
+                return Err(format!(
+                    "bind mount {} -> {dest}: {} mounts below it, at most {MAX_SUBMOUNTS} are copied into the VM",
+                    src.display(),
+                    subs.len()
+                ));
+            }
+            subs.into_iter()
+                .filter_map(|s| s.path.strip_prefix(real).ok().map(|rel| (real.join(rel), rel.to_path_buf(), s.read_only)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if meta.is_dir() {
+            let skip: Vec<PathBuf> = subs.iter().map(|(p, _, _)| p.clone()).collect();
+            let mut budget = CopyBudget::default();
+            for root in std::iter::once(&src).chain(skip.iter()) {
+                budget.add_dir(root, &skip).map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?;
+            }
+        }
+        let all: Vec<PathBuf> = subs.iter().map(|(p, _, _)| p.clone()).collect();
         let guest = guest_copy_path(cid, &src)?;
-        copies.push(HostCopy { src: src.clone(), dst: guest.clone() });
+        copies.push(HostCopy { src: src.clone(), dst: guest.clone(), skip: all.clone() });
         let mut nm = m.clone();
         nm.set_source(Some(PathBuf::from(guest)));
         mounts.push(nm);
+        for (host, rel, read_only) in subs {
+            let guest = guest_copy_path(cid, &host)?;
+            copies.push(HostCopy { src: host.clone(), dst: guest.clone(), skip: all.clone() });
+            let mut sm = m.clone();
+            sm.set_source(Some(PathBuf::from(guest)));
+            sm.set_destination(Path::new(&dest).join(rel));
+            sm.set_options(Some(submount_options(&options, read_only)));
+            mounts.push(sm);
+        }
     }
     spec.set_mounts(Some(mounts));
     Ok(copies)
@@ -313,28 +400,56 @@ fn shm_bind() -> Mount {
     m
 }
 
-/// Checks a directory tree against the copy limits (no symlinks followed).
-fn dir_size(dir: &Path) -> Result<(), String> {
-    let (mut entries, mut bytes) = (0usize, 0u64);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))? {
-            let e = e.map_err(|e| e.to_string())?;
-            entries += 1;
-            let md = e.path().symlink_metadata().map_err(|e| e.to_string())?;
-            if md.is_dir() {
-                stack.push(e.path());
-            } else {
-                bytes += md.len();
-            }
-            if entries > MAX_DIR_ENTRIES || bytes > MAX_DIR_BYTES {
-                return Err(format!(
-                    "more than {MAX_DIR_ENTRIES} entries or {MAX_DIR_BYTES} bytes to copy into the VM"
-                ));
+/// The options of the bind made for a host mount below a bind with `parent` options:
+/// the parent's, with its read-only flag replaced by what a recursive bind gives that
+/// mount (`rro` stays `rro`; otherwise the host mount's own `ro`/`rw`).
+fn submount_options(parent: &[String], read_only: bool) -> Vec<String> {
+    let recursive = parent.iter().any(|o| o == "rro");
+    let flag = if recursive {
+        "rro"
+    } else if read_only {
+        "ro"
+    } else {
+        "rw"
+    };
+    let mut out: Vec<String> = parent.iter().filter(|o| !matches!(o.as_str(), "ro" | "rw" | "rro")).cloned().collect();
+    out.push(flag.to_owned());
+    out
+}
+
+/// What one bind mount (with its submounts) may copy into the VM.
+#[derive(Default)]
+struct CopyBudget {
+    entries: usize,
+    bytes: u64,
+}
+
+impl CopyBudget {
+    /// Counts the tree at `dir` (no symlinks followed, not descending into `skip`)
+    /// against the copy limits.
+    fn add_dir(&mut self, dir: &Path, skip: &[PathBuf]) -> Result<(), String> {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))? {
+                let e = e.map_err(|e| e.to_string())?;
+                self.entries += 1;
+                let md = e.path().symlink_metadata().map_err(|e| e.to_string())?;
+                if md.is_dir() {
+                    if !skip.contains(&e.path()) {
+                        stack.push(e.path());
+                    }
+                } else {
+                    self.bytes += md.len();
+                }
+                if self.entries > MAX_DIR_ENTRIES || self.bytes > MAX_DIR_BYTES {
+                    return Err(format!(
+                        "more than {MAX_DIR_ENTRIES} entries or {MAX_DIR_BYTES} bytes to copy into the VM"
+                    ));
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// CopyFile requests that recreate `copy` in the guest (directories first, then files
@@ -353,6 +468,9 @@ pub fn copy_requests(copy: &HostCopy) -> Result<Vec<pb::CopyFileRequest>, String
         base.gid = md.gid() as i32;
         if md.is_dir() {
             out.push(base);
+            if src != copy.src && copy.skip.contains(&src) {
+                continue;
+            }
             let mut children: Vec<_> = std::fs::read_dir(&src)
                 .map_err(|e| format!("{}: {e}", src.display()))?
                 .flatten()
@@ -552,6 +670,75 @@ mod tests {
         std::fs::write(&big, vec![0u8; (MAX_FILE + 1) as usize]).unwrap();
         let mut bad = spec_with(&[], vec![bind(&big, "/big")]);
         assert!(rewrite_spec("c3", &mut bad).unwrap_err().contains("bytes"));
+    }
+
+    /// Host mounts below an `rbind` source become binds of their own after their parent's,
+    /// each copied alone: a non-recursive `ro` keeps each mount's own flag, `rro` makes
+    /// them all `rro`; a plain `bind` (not recursive) is copied whole.
+    #[test]
+    fn mounts_below_a_recursive_bind_are_copied_and_bound_on_their_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().canonicalize().unwrap().join("vol");
+        std::fs::create_dir_all(vol.join("sub/deeper")).unwrap();
+        std::fs::write(vol.join("top"), "t").unwrap();
+        std::fs::write(vol.join("sub/inner"), "i").unwrap();
+        std::fs::write(vol.join("sub/deeper/x"), "x").unwrap();
+        let (sub, deeper) = (vol.join("sub"), vol.join("sub/deeper"));
+        let fake = |dir: &Path| -> Result<Vec<HostSubmount>, String> {
+            assert_eq!(dir, vol.as_path());
+            Ok(vec![
+                HostSubmount { path: sub.clone(), read_only: false },
+                HostSubmount { path: deeper.clone(), read_only: true },
+            ])
+        };
+        let with_opts = |opts: &[&str]| {
+            let mut m = bind(&vol, "/mnt");
+            m.set_options(Some(opts.iter().map(|o| o.to_string()).collect()));
+            spec_with(&[], vec![m])
+        };
+        let dests_opts = |s: &Spec| -> Vec<(String, Vec<String>)> {
+            s.mounts()
+                .iter()
+                .flatten()
+                .map(|m| (m.destination().display().to_string(), m.options().clone().unwrap()))
+                .collect()
+        };
+        let strs = |v: &[&str]| v.iter().map(|o| o.to_string()).collect::<Vec<_>>();
+
+        let mut s = with_opts(&["rbind", "rprivate", "ro"]);
+        let copies = rewrite_spec_with("c1", &mut s, &fake).unwrap();
+        assert_eq!(
+            dests_opts(&s),
+            [
+                ("/mnt".to_string(), strs(&["rbind", "rprivate", "ro"])),
+                ("/mnt/sub".to_string(), strs(&["rbind", "rprivate", "rw"])),
+                ("/mnt/sub/deeper".to_string(), strs(&["rbind", "rprivate", "ro"])),
+            ]
+        );
+        assert_eq!(copies.len(), 3);
+        for (c, m) in copies.iter().zip(s.mounts().as_ref().unwrap()) {
+            assert_eq!(m.source().as_deref(), Some(Path::new(&c.dst)));
+        }
+        let names = |c: &HostCopy| -> Vec<String> {
+            copy_requests(c).unwrap().iter().map(|r| r.path.strip_prefix(&c.dst).unwrap().to_string()).collect()
+        };
+        assert_eq!(names(&copies[0]), ["", "/sub", "/top"], "the parent copy leaves the mounts' contents out");
+        assert_eq!(names(&copies[1]), ["", "/deeper", "/inner"]);
+        assert_eq!(names(&copies[2]), ["", "/x"]);
+
+        let mut s = with_opts(&["rbind", "rro", "rprivate"]);
+        rewrite_spec_with("c2", &mut s, &fake).unwrap();
+        let opts: Vec<_> = dests_opts(&s).into_iter().map(|(_, o)| o).collect();
+        assert_eq!(opts, [strs(&["rbind", "rro", "rprivate"]), strs(&["rbind", "rprivate", "rro"]), strs(&["rbind", "rprivate", "rro"])]);
+
+        let mut s = with_opts(&["bind", "ro"]);
+        let copies = rewrite_spec_with("c3", &mut s, &fake).unwrap();
+        assert_eq!((copies.len(), s.mounts().as_ref().unwrap().len()), (1, 1), "a non-recursive bind carries no submounts");
+        assert_eq!(names(&copies[0]), ["", "/sub", "/sub/deeper", "/sub/deeper/x", "/sub/inner", "/top"]);
+
+        let many = |_: &Path| Ok((0..=MAX_SUBMOUNTS).map(|i| HostSubmount { path: vol.join(format!("m{i}")), read_only: false }).collect());
+        let err = rewrite_spec_with("c4", &mut with_opts(&["rbind", "ro"]), &many).unwrap_err();
+        assert!(err.contains("17 mounts below it, at most 16"), "{err}");
     }
 
     #[test]

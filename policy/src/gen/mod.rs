@@ -195,6 +195,11 @@ pub struct MountData {
     pub source: String,
     /// Options, compared as a set.
     pub options: Vec<String>,
+    /// Another option set accepted in place of `options` (empty: none): `ro` for a
+    /// volume mount that asks for `rro` only where the runtime supports it
+    /// (`recursiveReadOnly: IfPossible`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alt_options: Vec<String>,
     /// Whether the request must carry this mount (the pod's own volume mounts).
     #[serde(default)]
     pub required: bool,
@@ -347,6 +352,7 @@ impl Default for Settings {
             kind: kind.to_owned(),
             source: source.to_owned(),
             options: strings(options),
+            alt_options: Vec::new(),
             required: false,
         };
         let svc = "[A-Z_][A-Z0-9_]*";

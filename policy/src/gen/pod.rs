@@ -205,6 +205,7 @@ fn pause(ctx: &Ctx<'_>, images: &ImageStore) -> Result<ContainerData, PodError> 
             kind: "bind".to_owned(),
             source: format!("{SHARED_PREFIX}resolv\\.conf"),
             options: strings(options),
+            alt_options: Vec::new(),
             required: false,
         });
     }
@@ -735,8 +736,35 @@ fn shared_mount(destination: &str, name_regex: &str, options: &[&str], required:
         kind: "bind".to_owned(),
         source: format!("{SHARED_PREFIX}{name_regex}"),
         options: strings(options),
+        alt_options: Vec::new(),
         required,
     }
+}
+
+/// A volume mount's read-only flag as the kubelet and containerd turn it into a mount
+/// option: `rw`, `ro`, or `rro` for `recursiveReadOnly: Enabled`; `IfPossible` gives
+/// `rro` where the runtime handler reports recursive read-only support (kata-cc on
+/// containerd 2.x) and `ro` elsewhere, so both are allowed (the second value).
+fn read_only_flag(read_only: bool, vm: &Value, f: &str, w: &Workload) -> Result<(&'static str, Option<&'static str>), PodError> {
+    let rro = vm.get("recursiveReadOnly").and_then(Value::as_str).unwrap_or("Disabled");
+    match (read_only, rro) {
+        (false, "Disabled") => Ok(("rw", None)),
+        (true, "Disabled") => Ok(("ro", None)),
+        (true, "Enabled") => Ok(("rro", None)),
+        (true, "IfPossible") => Ok(("rro", Some("ro"))),
+        (false, "Enabled" | "IfPossible") => {
+            Err(w.shape(&format!("{f}.recursiveReadOnly"), format!("{rro} needs readOnly: true")).into())
+        }
+        (_, other) => Err(w.shape(&format!("{f}.recursiveReadOnly"), format!("{other:?} is not Disabled, IfPossible or Enabled")).into()),
+    }
+}
+
+/// `options` and, when `alt` is given, the same set with the read-only flag `alt`.
+fn with_alt(mut m: MountData, flag: &str, alt: Option<&str>) -> MountData {
+    if let Some(alt) = alt {
+        m.alt_options = m.options.iter().map(|o| if o == flag { alt.to_owned() } else { o.clone() }).collect();
+    }
+    m
 }
 
 /// The container's mounts besides the default ones: the files Kubernetes adds (hosts,
@@ -775,17 +803,19 @@ fn mounts(
         let read_only = vm.get("readOnly").and_then(Value::as_bool) == Some(true);
         let sub_path = vm.get("subPath").and_then(Value::as_str).filter(|s| !s.is_empty());
         let base = sub_path.and_then(|s| s.rsplit('/').next()).unwrap_or(name);
-        let rw = if read_only { "ro" } else { "rw" };
+        let (rw, alt) = read_only_flag(read_only, vm, &f, w)?;
         destinations.insert(dest.to_owned());
         let kind = ["configMap", "secret", "projected", "downwardAPI", "emptyDir", "hostPath", "persistentVolumeClaim"]
             .into_iter()
             .find(|k| volume.get(*k).is_some());
         match kind {
             Some("configMap" | "secret" | "projected" | "downwardAPI") => {
-                mounts.push(shared_mount(dest, &regex_escape(base), &["rbind", "rprivate", "ro"], true));
+                // Read-only whatever the mount says (the kubelet mounts these read-only).
+                let (ro, alt) = if rw == "rro" { (rw, alt) } else { ("ro", None) };
+                mounts.push(with_alt(shared_mount(dest, &regex_escape(base), &["rbind", "rprivate", ro], true), ro, alt));
             }
             Some("hostPath" | "persistentVolumeClaim") => {
-                mounts.push(shared_mount(dest, &regex_escape(base), &["rbind", "rprivate", rw], true));
+                mounts.push(with_alt(shared_mount(dest, &regex_escape(base), &["rbind", "rprivate", rw], true), rw, alt));
             }
             Some("emptyDir") => {
                 let memory = volume.pointer("/emptyDir/medium").and_then(Value::as_str) == Some("Memory");
@@ -799,13 +829,18 @@ fn mounts(
                     Some(s) => format!("{point}/{}", regex_escape(s)),
                     None => point.clone(),
                 };
-                mounts.push(MountData {
-                    destination: dest.to_owned(),
-                    kind: "bind".to_owned(),
-                    source,
-                    options: strings(&["rbind", "rprivate", rw]),
-                    required: true,
-                });
+                mounts.push(with_alt(
+                    MountData {
+                        destination: dest.to_owned(),
+                        kind: "bind".to_owned(),
+                        source,
+                        options: strings(&["rbind", "rprivate", rw]),
+                        alt_options: Vec::new(),
+                        required: true,
+                    },
+                    rw,
+                    alt,
+                ));
                 storages.push(StorageData { driver: driver.to_owned(), mount_point: point });
             }
             _ => {
