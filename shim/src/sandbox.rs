@@ -267,34 +267,45 @@ async fn start_in(
         allow_simulated_tee: cfg.tee.allow_simulated,
         ..QemuConfig::default()
     });
-    let t = Instant::now();
-    let vm = hv.start(vm).await.map_err(SandboxError::Vm)?;
-    timings.vm_start = t.elapsed();
-    state.qemu_pid = vm.pid();
-    persist(dir, state).map_err(|e| SandboxError::Prepare(format!("persist state: {e}")))?;
-
-    let t = Instant::now();
-    let addr: AgentAddr = vm
-        .agent_address()
-        .to_string()
-        .parse()
-        .map_err(|e| SandboxError::Agent(format!("agent address {}: {e}", vm.agent_address())))?;
-    let opts = ConnectOptions { request_timeout: Duration::from_secs(cfg.agent.timeout_secs), ..ConnectOptions::default() };
-    let deadline = Instant::now() + cfg.boot_timeout();
-    let agent = tokio::select! {
-        r = AgentClient::wait_ready(&addr, opts, deadline) => r.map_err(|e| {
-            SandboxError::Agent(format!("not ready: {}; console: {}", error_chain(e), console_tail(dir)))
-        }),
-        exit = vm.wait() => Err(SandboxError::Agent(format!("the VM stopped while booting ({exit}); console: {}", console_tail(dir)))),
-    };
-    let agent = match agent {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = vm.shutdown(Duration::ZERO).await;
-            return Err(e);
+    let mut stalls = 0;
+    let (vm, agent) = loop {
+        let t = Instant::now();
+        let vm = hv.start(vm.clone()).await.map_err(SandboxError::Vm)?;
+        timings.vm_start = t.elapsed();
+        state.qemu_pid = vm.pid();
+        persist(dir, state).map_err(|e| SandboxError::Prepare(format!("persist state: {e}")))?;
+        let t = Instant::now();
+        match wait_agent(cfg, vm.as_ref(), dir).await {
+            Ok(agent) => {
+                timings.agent_ready = t.elapsed();
+                break (vm, agent);
+            }
+            Err(e) => {
+                let _ = vm.shutdown(Duration::ZERO).await;
+                match e {
+                    AgentWait::Stalled if stalls < MAX_STALL_REBOOTS => {
+                        stalls += 1;
+                        // The next VM's console starts empty: the stall detector looks
+                        // for the agent's line in it; this one is kept beside it.
+                        let _ = std::fs::rename(dir.join("console.log"), dir.join("console-stalled.log"));
+                        tracing::warn!(
+                            "pod {id}: the agent serves in the guest but its vsock channel has not answered for {}s: booting a new VM",
+                            CHANNEL_STALL.as_secs()
+                        );
+                    }
+                    AgentWait::Stalled => {
+                        return Err(SandboxError::Agent(format!(
+                            "not ready: the agent serves in the guest but its vsock channel did not answer within {}s, {} boots in a row; console: {}",
+                            CHANNEL_STALL.as_secs(),
+                            stalls + 1,
+                            console_tail(dir)
+                        )))
+                    }
+                    AgentWait::Failed(e) => return Err(e),
+                }
+            }
         }
     };
-    timings.agent_ready = t.elapsed();
 
     let t = Instant::now();
     if let Err(e) = setup_guest(&agent, id, spec, pod_net.as_ref(), cfg, is_tee).await {
@@ -310,6 +321,57 @@ async fn start_in(
         timings.sandbox_setup.as_millis()
     );
     Ok(Sandbox { id: id.to_string(), vm, agent, dir: dir.to_path_buf(), net: state.net.clone(), timings, size })
+}
+
+/// How long the agent's vsock channel may stay silent once the agent has said on the
+/// console that it serves, before the VM is given up as stalled. Under TCG the first
+/// answer comes within milliseconds of that line; a hybrid-vsock `CONNECT` that
+/// vhost-device-vsock leaves unanswered stays so for every later attempt to that VM
+/// (seen in about one boot in several hundred under load), and only a new VM recovers.
+const CHANNEL_STALL: Duration = Duration::from_secs(30);
+/// New VMs booted for a stalled channel before the pod fails.
+const MAX_STALL_REBOOTS: u32 = 1;
+/// The line the guest agent prints once it listens (guest-agent `server.rs`).
+const AGENT_SERVING: &str = "serving on vsock://";
+
+/// Why waiting for the agent ended without one.
+enum AgentWait {
+    /// The agent serves in the guest, but its channel does not answer (see [`CHANNEL_STALL`]).
+    Stalled,
+    /// Anything else: no point in booting again.
+    Failed(SandboxError),
+}
+
+/// The agent of `vm`, ready (Health answered), within the boot timeout.
+async fn wait_agent(cfg: &Config, vm: &dyn Vm, dir: &Path) -> Result<AgentClient, AgentWait> {
+    let addr: AgentAddr = vm.agent_address().to_string().parse().map_err(|e| {
+        AgentWait::Failed(SandboxError::Agent(format!("agent address {}: {e}", vm.agent_address())))
+    })?;
+    let opts = ConnectOptions { request_timeout: Duration::from_secs(cfg.agent.timeout_secs), ..ConnectOptions::default() };
+    let deadline = Instant::now() + cfg.boot_timeout();
+    let console = dir.join("console.log");
+    tokio::select! {
+        r = AgentClient::wait_ready(&addr, opts, deadline) => r.map_err(|e| {
+            AgentWait::Failed(SandboxError::Agent(format!("not ready: {}; console: {}", error_chain(e), console_tail(dir))))
+        }),
+        exit = vm.wait() => Err(AgentWait::Failed(SandboxError::Agent(format!(
+            "the VM stopped while booting ({exit}); console: {}",
+            console_tail(dir)
+        )))),
+        () = channel_stalled(&console, CHANNEL_STALL) => Err(AgentWait::Stalled),
+    }
+}
+
+/// Returns `grace` after the agent's serving line appeared in `console` (never, if it
+/// does not).
+async fn channel_stalled(console: &Path, grace: Duration) {
+    loop {
+        if std::fs::read(console).is_ok_and(|b| b.windows(AGENT_SERVING.len()).any(|w| w == AGENT_SERVING.as_bytes())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(grace).await;
 }
 
 /// Interface, routes and neighbours of the pod network (or the user-mode NIC), then
@@ -481,6 +543,20 @@ pub fn error_chain<E: std::error::Error + Send + Sync + 'static>(e: E) -> String
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The stall timer starts only with the agent's serving line, and then runs `grace`.
+    #[tokio::test]
+    async fn the_stall_timer_starts_when_the_agent_says_it_serves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let console = tmp.path().join("console.log");
+        std::fs::write(&console, "Booting from ROM...\nguest set up\n").unwrap();
+        let grace = Duration::from_millis(200);
+        assert!(tokio::time::timeout(Duration::from_secs(1), channel_stalled(&console, grace)).await.is_err(), "fired without the line");
+        std::fs::write(&console, "guest set up\nINFO kata_cc_agent: kata-cc-agent 0.1.0 serving on vsock://-1:1024\n").unwrap();
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), channel_stalled(&console, grace)).await.unwrap();
+        assert!(t.elapsed() >= grace);
+    }
 
     fn spec(ann: &[(&str, &str)], mem: Option<i64>, quota: Option<i64>) -> oci_spec::runtime::Spec {
         let json = serde_json::json!({

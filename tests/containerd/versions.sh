@@ -32,7 +32,7 @@ cd "$repo"
 
 versions=("$@")
 ((${#versions[@]})) || versions=(1.7 2.1)
-read -r -a suites <<<"${KATA_CC_VERSION_SUITES:-cri ctr cri_confidential}"
+read -r -a suites <<<"${KATA_CC_VERSION_SUITES:-cri ctr cri_confidential cri_critest}"
 # Each version's instance is tests/containerd/instance.sh's default for that version, never
 # the one KATA_CC_CTRD_DIR/KATA_CC_CTRD_RUN name (that is the 1.6 instance of `cargo test`).
 unset KATA_CC_CTRD_DIR KATA_CC_CTRD_RUN

@@ -708,6 +708,38 @@ pub fn read_cri_log(path: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// A host directory with a tmpfs mounted at `tmpfs/` below it, unmounted and removed on
+/// drop (critest's `createHostPathForRROMount`).
+pub struct HostPathWithTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl HostPathWithTmpfs {
+    /// Makes it (root only: it mounts).
+    pub fn mount() -> HostPathWithTmpfs {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        std::fs::create_dir(dir.path().join("tmpfs")).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "none"])
+            .arg(dir.path().join("tmpfs"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs below {}", dir.path().display());
+        HostPathWithTmpfs { dir }
+    }
+
+    /// The directory (the tmpfs is its `tmpfs/`).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for HostPathWithTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path().join("tmpfs")).status();
+    }
+}
+
 /// The host's kernel release (`uname -r`).
 pub fn host_kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

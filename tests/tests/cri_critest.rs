@@ -10,7 +10,12 @@
 //!   same number of filters and the same no_new_privs: exec'd processes had none before);
 //! - an added capability (NET_ADMIN) is usable: a bridge can be made (`brctl addbr`, the
 //!   guest kernel needs the bridge module);
-//! - pod sysctls, safe (`kernel.shm_rmid_forced`) and unsafe (`fs.mqueue.msg_max`).
+//! - pod sysctls, safe (`kernel.shm_rmid_forced`) and unsafe (`fs.mqueue.msg_max`);
+//! - read-only host-path volumes with a tmpfs mounted below them (critest's
+//!   `should support (non-)recursive readonly mounts`): a non-recursive read-only mount
+//!   leaves the tmpfs writable, a recursive one (containerd 2.x, which learns from the
+//!   runtime's features that it supports `rro`) does not; both handlers say in the CRI
+//!   Status that they support recursive read-only mounts on 2.x.
 //!
 //! The kata-cc test needs the shim built (`cargo build -p kata-cc-shim`), the test guest
 //! image and QEMU + vhost-device-vsock. Run as root.
@@ -20,7 +25,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as pb;
-use kata_cc_tests::cri::{containerd, rpc_timeout, within, Cri, Pod, KATA_CC, RUNC};
+use kata_cc_tests::cri::{containerd, rpc_timeout, within, Cri, HostPathWithTmpfs, Pod, KATA_CC, RUNC};
 
 fn security(c: &mut pb::ContainerConfig) -> &mut pb::LinuxContainerSecurityContext {
     c.linux
@@ -175,4 +180,111 @@ async fn critest_regressions_runc() {
 #[tokio::test]
 async fn critest_regressions_kata_cc() {
     critest_regressions(KATA_CC).await;
+}
+
+/// Whether the CRI's Status reports `handler` as supporting recursive read-only mounts.
+async fn reports_rro(cri: &mut Cri, handler: &str) -> bool {
+    let st = within(rpc_timeout(handler), "Status", cri.rt.status(pb::StatusRequest { verbose: false }))
+        .await
+        .unwrap()
+        .into_inner();
+    st.runtime_handlers
+        .iter()
+        .any(|h| h.name == handler && h.features.as_ref().is_some_and(|f| f.recursive_read_only_mounts))
+}
+
+/// `major.minor` of a containerd version string (`v2.1.9`, `1.6.20~ds1`).
+fn major_minor(version: &str) -> (u32, u32) {
+    let mut it = version.trim_start_matches('v').split(|c: char| !c.is_ascii_digit()).map(|n| n.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+async fn readonly_mounts(handler: &str) {
+    let ctrd = containerd();
+    if handler == KATA_CC {
+        ctrd.require_shim();
+    }
+    let mut cri = Cri::connect(&ctrd.sock).await;
+    let version = within(rpc_timeout(handler), "Version", cri.rt.version(pb::VersionRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_version;
+    let v = major_minor(&version);
+    // containerd 1.x does not know recursive read-only mounts (the CRI field is unknown to
+    // it: the mount is an ordinary read-only one). 2.x asks a runtime for its features
+    // (the shim's `-info`), but before 2.4 only a runtime of type io.containerd.runc.v2
+    // (containerd's fd7819bc, "introspect OCI runtime features for non-runc runtimes"):
+    // on 2.1 no other runtime, Kata's included, can report rro support, and the CRI
+    // refuses their recursive read-only mounts.
+    let rro = v >= (2, 0) && (handler == RUNC || v >= (2, 4));
+    assert_eq!(reports_rro(&mut cri, handler).await, rro, "{handler} on containerd {version}: recursive_read_only_mounts in Status");
+    if handler == KATA_CC && v >= (2, 0) {
+        // containerd's own decoding of the shim's -info answer lists rro.
+        let out = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&ctrd.sock)
+            .args(["plugins", "inspect-runtime", "--runtime", "io.containerd.kata-cc.v2"])
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ctr plugins inspect-runtime: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let opts = info["Features"]["mountOptions"].as_array().cloned().unwrap_or_default();
+        assert!(opts.iter().any(|o| o == "rro"), "kata-cc's runtime features as containerd {version} reads them: {info}");
+    }
+
+    cri.pull(&ctrd.busybox_image).await;
+    let pod = Pod::run(&mut cri, &format!("readonly-{handler}"), handler).await;
+    let host = HostPathWithTmpfs::mount();
+    let ro_container = |name: &str, recursive: bool| {
+        let mut cfg = Pod::container_config(name, &["/bin/busybox", "sleep", "3600"]);
+        cfg.mounts.push(pb::Mount {
+            container_path: "/mnt".into(),
+            host_path: host.path().display().to_string(),
+            readonly: true,
+            recursive_read_only: recursive,
+            propagation: pb::MountPropagation::PropagationPrivate as i32,
+            ..Default::default()
+        });
+        cfg
+    };
+
+    // Non-recursive: the volume is read-only, the tmpfs below it keeps its own flag.
+    let c = pod.create(&mut cri, ro_container("nonrecursive", false)).await;
+    pod.start(&mut cri, &c).await;
+    let (_, err, code) = cri.exec_sync(&c, &["/bin/busybox", "touch", "/mnt/tmpfs/file"], 60).await;
+    assert_eq!(code, 0, "{handler} on {version}: touch in the tmpfs below a non-recursive read-only volume: {err}");
+    let (_, err, code) = cri.exec_sync(&c, &["/bin/busybox", "touch", "/mnt/top"], 60).await;
+    assert!(code != 0 && err.contains("Read-only file system"), "{handler} on {version}: touch in the read-only volume: {code} {err}");
+
+    // Recursive: read-only all the way down where the CRI supports it for the handler.
+    let recursive = ro_container("recursive", true);
+    if v >= (2, 0) && !rro {
+        // Not sent: containerd 2.1 dereferences the missing features of a runtime it did
+        // not introspect and crashes (nil pointer in the CRI's withMounts). The kubelet
+        // never sends a recursive read-only mount to a handler that does not report
+        // support, and critest skips its specs, so a cluster never meets this; the agent's
+        // `rro` is checked through ctr in ctr.rs (`ctr_run_kata_cc_read_only_binds`).
+        drop(recursive);
+    } else {
+        let c = pod.create(&mut cri, recursive).await;
+        pod.start(&mut cri, &c).await;
+        let (_, err, code) = cri.exec_sync(&c, &["/bin/busybox", "touch", "/mnt/tmpfs/foo"], 60).await;
+        if rro {
+            assert!(code != 0 && err.contains("Read-only file system"), "{handler} on {version}: touch in the tmpfs below a recursive read-only volume: {code} {err}");
+        } else {
+            assert_eq!(code, 0, "{handler} on {version}: containerd 1.x makes recursive read-only an ordinary read-only mount: {err}");
+        }
+    }
+    pod.stop_remove(&mut cri).await;
+}
+
+#[tokio::test]
+async fn readonly_mounts_runc() {
+    readonly_mounts(RUNC).await;
+}
+
+#[tokio::test]
+async fn readonly_mounts_kata_cc() {
+    readonly_mounts(KATA_CC).await;
 }

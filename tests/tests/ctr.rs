@@ -196,6 +196,29 @@ fn ctr_run_runc_prints_host_kernel() {
 /// `ctr run` of `uname -r` with the kata-cc runtime and snapshotter; asserts it prints the
 /// test guest's kernel and leaves nothing behind.
 fn ctr_run_kata_cc() {
+    let guest = kata_cc_tests::guest_image().kernel_release;
+    let stdout = ctr_run_kata_cc_with(&[], &["/bin/busybox", "uname", "-r"]);
+    assert_eq!(stdout.trim(), guest, "expected the guest kernel");
+    assert_ne!(stdout.trim(), host_kernel_release());
+}
+
+/// Read-only binds of a host directory with a tmpfs below it, as OCI mount options reach
+/// the agent whatever the containerd version (ctr passes them as given): `rbind:ro`
+/// leaves the tmpfs writable (the shim binds it on its own with its host flag), `rbind:rro`
+/// makes it read-only too (the guest's runtime applies `rro` with mount_setattr).
+#[test]
+fn ctr_run_kata_cc_read_only_binds() {
+    let host = kata_cc_tests::cri::HostPathWithTmpfs::mount();
+    let src = host.path().display().to_string();
+    let (ro, rro) = (format!("type=bind,src={src},dst=/ro,options=rbind:ro"), format!("type=bind,src={src},dst=/rro,options=rbind:rro"));
+    let script = "for p in /ro/top /ro/tmpfs/f /rro/top /rro/tmpfs/f; do /bin/busybox touch $p 2>/dev/null && echo $p rw || echo $p ro; done";
+    let stdout = ctr_run_kata_cc_with(&["--mount", &ro, "--mount", &rro], &["/bin/sh", "-c", script]);
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["/ro/top ro", "/ro/tmpfs/f rw", "/rro/top ro", "/rro/tmpfs/f ro"], "{stdout}");
+}
+
+/// `ctr run --rm` of `cmd` with the kata-cc runtime and snapshotter and `extra` ctr
+/// arguments; returns its stdout once nothing is left behind.
+fn ctr_run_kata_cc_with(extra: &[&str], cmd: &[&str]) -> String {
     let ctrd = containerd();
     ctrd.require_shim();
     let snapshotter = ctrd.snapshotter.clone().unwrap_or_else(|| {
@@ -205,7 +228,6 @@ fn ctr_run_kata_cc() {
             ctrd.dir.display()
         )
     });
-    let guest = kata_cc_tests::guest_image().kernel_release;
     pull(NS_KATA, &ctrd.busybox_image, Some(&snapshotter));
     let id = unique_name("ctr-kata");
     let _guard = Guard {
@@ -213,28 +235,13 @@ fn ctr_run_kata_cc() {
         id: id.clone(),
     };
     let config = ctrd.shim_config.display().to_string();
-    let out = ctr_run(
-        NS_KATA,
-        false,
-        &[
-            "--runtime",
-            "io.containerd.kata-cc.v2",
-            "--runtime-config-path",
-            &config,
-            "--snapshotter",
-            &snapshotter,
-            &ctrd.busybox_image,
-            &id,
-            "/bin/busybox",
-            "uname",
-            "-r",
-        ],
-        Duration::from_secs(300),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.trim(), guest, "expected the guest kernel");
-    assert_ne!(stdout.trim(), host_kernel_release());
+    let mut args = vec!["--runtime", "io.containerd.kata-cc.v2", "--runtime-config-path", &config, "--snapshotter", &snapshotter];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[&ctrd.busybox_image, &id]);
+    args.extend_from_slice(cmd);
+    let out = ctr_run(NS_KATA, false, &args, Duration::from_secs(300));
     wait_nothing_left(&id, Duration::from_secs(120));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Without `--cni` the pod has no netns: the test configuration gives such a VM QEMU
