@@ -234,33 +234,26 @@ def results(h):
                 res[name] = (st, msg)
     return res
 
-# The VM-only list: in docs/critest.md between the markers, lines "- `SPEC TEXT` — reason".
-vm_only = []
-inside = False
-for line in open(doc, encoding="utf-8"):
-    if "<!-- vm-only:begin -->" in line:
-        inside = True
-    elif "<!-- vm-only:end -->" in line:
-        inside = False
-    elif inside:
-        m = re.match(r"^- `([^`]+)` — (.+)$", line.strip())
-        if m:
-            vm_only.append((m.group(1), m.group(2)))
+def marked_list(name):
+    """Lines "- `SPEC TEXT` — reason" of docs/critest.md between <!-- name:begin/end -->."""
+    out, inside = [], False
+    for line in open(doc, encoding="utf-8"):
+        if f"<!-- {name}:begin -->" in line:
+            inside = True
+        elif f"<!-- {name}:end -->" in line:
+            inside = False
+        elif inside:
+            m = re.match(r"^- `([^`]+)` — (.+)$", line.strip())
+            if m:
+                out.append((m.group(1), m.group(2)))
+    return out
 
+# Specs a VM runtime cannot pass.
+vm_only = marked_list("vm-only")
 # Specs critest skips for a runtime whose features containerd does not read (containerd
-# before 2.4 reads them for io.containerd.runc.v2 runtimes only): between the
-# "features-skip" markers, same line format. Only a skip is excused, never a failure.
-features_skip = []
-inside = False
-for line in open(doc, encoding="utf-8"):
-    if "<!-- features-skip:begin -->" in line:
-        inside = True
-    elif "<!-- features-skip:end -->" in line:
-        inside = False
-    elif inside:
-        m = re.match(r"^- `([^`]+)` — (.+)$", line.strip())
-        if m:
-            features_skip.append((m.group(1), m.group(2)))
+# before 2.4 reads them for io.containerd.runc.v2 runtimes only). Only a skip is excused,
+# never a failure.
+features_skip = marked_list("features-skip")
 
 res = {h: results(h) for h in handlers}
 lines = []
