@@ -93,7 +93,9 @@ for v in "${versions[@]}"; do
     for s in "${suites[@]}"; do
         t0=$(now)
         log "$v: tests/$s.rs (log $logs/$v-$s.log)"
-        if (cd "$repo/tests" && env "${env_v[@]}" "${test_bin[$s]}" --test-threads=1) >"$logs/$v-$s.log" 2>&1; then
+        # The stalled-vsock test exercises the shim's boot, not containerd: `cargo test` runs
+        # it once (on 1.6), and it takes a 30 s stall per run.
+        if (cd "$repo/tests" && env "${env_v[@]}" "${test_bin[$s]}" --test-threads=1 --skip stalled_vsock_channel) >"$logs/$v-$s.log" 2>&1; then
             result[$v/$s]=passed
             passed=$((passed + 1))
         else

@@ -216,9 +216,69 @@ fn ctr_run_kata_cc_read_only_binds() {
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["/ro/top ro", "/ro/tmpfs/f rw", "/rro/top ro", "/rro/tmpfs/f ro"], "{stdout}");
 }
 
+/// A VM whose hybrid-vsock channel never answers although its agent serves (what
+/// vhost-device-vsock sometimes does, docs/shim.md): the shim boots a new VM, once, and
+/// the container runs. The first VM's vsock daemon is a wrapper that gives the guest a
+/// working device but puts a listener that accepts and never answers where the shim
+/// dials; the second VM gets the real daemon.
+#[test]
+fn ctr_run_kata_cc_survives_a_stalled_vsock_channel() {
+    let ctrd = containerd();
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let config = std::fs::read_to_string(&ctrd.shim_config).unwrap();
+    let line = config.lines().find(|l| l.trim_start().starts_with("vhost_device_vsock")).expect("vhost_device_vsock in the test configuration");
+    let real = line.split('"').nth(1).unwrap().to_owned();
+    let runs = tmp.path().join("runs");
+    let wrapper = tmp.path().join("vhost-device-vsock-stall");
+    std::fs::write(
+        &wrapper,
+        STALL_WRAPPER.replace("@REAL@", &real).replace("@RUNS@", &runs.display().to_string()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let stalled_config = tmp.path().join("configuration.toml");
+    std::fs::write(&stalled_config, config.replace(line, &format!("vhost_device_vsock = \"{}\"", wrapper.display()))).unwrap();
+    let from = ctrd.log_len();
+    let stdout = ctr_run_kata_cc_in(&stalled_config, &[], &["/bin/busybox", "echo", "ran"]);
+    assert_eq!(stdout.trim(), "ran");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "blackhole\nreal\n", "the vsock daemon's runs");
+    let log = ctrd.log_since(from);
+    assert!(log.contains("vsock channel has not answered for 30s: booting a new VM"), "shim log:\n{log}");
+}
+
+/// The stalling vsock daemon (see above): Python, as it needs a process that holds a
+/// listener and the real daemon, which dies with it.
+const STALL_WRAPPER: &str = r#"#!/usr/bin/env python3
+import ctypes, os, signal, socket, subprocess, sys
+REAL, RUNS = "@REAL@", "@RUNS@"
+args = sys.argv[1:]
+first = not os.path.exists(RUNS)
+with open(RUNS, "a") as f:
+    f.write("blackhole\n" if first else "real\n")
+if not first:
+    os.execv(REAL, [REAL] + args)
+i = args.index("--uds-path")
+uds = args[i + 1]
+args[i + 1] = uds + ".hidden"
+libc = ctypes.CDLL(None)
+child = subprocess.Popen([REAL] + args, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL))
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(uds)
+srv.listen(64)
+held = []
+while True:
+    conn, _ = srv.accept()
+    held.append(conn)
+"#;
+
 /// `ctr run --rm` of `cmd` with the kata-cc runtime and snapshotter and `extra` ctr
 /// arguments; returns its stdout once nothing is left behind.
 fn ctr_run_kata_cc_with(extra: &[&str], cmd: &[&str]) -> String {
+    ctr_run_kata_cc_in(&containerd().shim_config, extra, cmd)
+}
+
+/// [`ctr_run_kata_cc_with`] with the shim configuration at `config`.
+fn ctr_run_kata_cc_in(config: &std::path::Path, extra: &[&str], cmd: &[&str]) -> String {
     let ctrd = containerd();
     ctrd.require_shim();
     let snapshotter = ctrd.snapshotter.clone().unwrap_or_else(|| {
@@ -234,7 +294,7 @@ fn ctr_run_kata_cc_with(extra: &[&str], cmd: &[&str]) -> String {
         ns: NS_KATA,
         id: id.clone(),
     };
-    let config = ctrd.shim_config.display().to_string();
+    let config = config.display().to_string();
     let mut args = vec!["--runtime", "io.containerd.kata-cc.v2", "--runtime-config-path", &config, "--snapshotter", &snapshotter];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[&ctrd.busybox_image, &id]);
