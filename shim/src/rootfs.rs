@@ -337,27 +337,29 @@ pub fn rewrite_spec_with(
                 ));
             }
             subs.into_iter()
-                .filter_map(|s| s.path.strip_prefix(real).ok().map(|rel| (real.join(rel), rel.to_path_buf(), s.read_only)))
+                .filter_map(|s| {
+                    let rel = s.path.strip_prefix(real).ok()?.to_path_buf();
+                    Some((s.path, rel, s.read_only))
+                })
                 .collect()
         } else {
             Vec::new()
         };
+        let skip: Vec<PathBuf> = subs.iter().map(|(p, _, _)| p.clone()).collect();
         if meta.is_dir() {
-            let skip: Vec<PathBuf> = subs.iter().map(|(p, _, _)| p.clone()).collect();
             let mut budget = CopyBudget::default();
             for root in std::iter::once(&src).chain(skip.iter()) {
                 budget.add_dir(root, &skip).map_err(|e| format!("bind mount {} -> {dest}: {e}", src.display()))?;
             }
         }
-        let all: Vec<PathBuf> = subs.iter().map(|(p, _, _)| p.clone()).collect();
         let guest = guest_copy_path(cid, &src)?;
-        copies.push(HostCopy { src: src.clone(), dst: guest.clone(), skip: all.clone() });
+        copies.push(HostCopy { src: src.clone(), dst: guest.clone(), skip: skip.clone() });
         let mut nm = m.clone();
         nm.set_source(Some(PathBuf::from(guest)));
         mounts.push(nm);
         for (host, rel, read_only) in subs {
             let guest = guest_copy_path(cid, &host)?;
-            copies.push(HostCopy { src: host.clone(), dst: guest.clone(), skip: all.clone() });
+            copies.push(HostCopy { src: host.clone(), dst: guest.clone(), skip: skip.clone() });
             let mut sm = m.clone();
             sm.set_source(Some(PathBuf::from(guest)));
             sm.set_destination(Path::new(&dest).join(rel));
